@@ -1,0 +1,103 @@
+//! The config file as written: serde types that mirror the TOML one to one.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`) so a typo never silently
+//! turns a check off. Nothing here is validated beyond its TOML type; that is
+//! `validate`'s job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    #[serde(default)]
+    pub(crate) server: ServerFile,
+    #[serde(default)]
+    pub(crate) providers: Vec<ProviderFile>,
+    #[serde(default)]
+    pub(crate) routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerFile {
+    pub(crate) listen: Option<String>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderFile {
+    pub(crate) name: String,
+    pub(crate) issuer: String,
+    pub(crate) jwks_url: String,
+    #[serde(default)]
+    pub(crate) audiences: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) refresh_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) leeway: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) refetch_cooldown: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFile {
+    pub(crate) name: String,
+    pub(crate) path: String,
+    pub(crate) host: Option<String>,
+    pub(crate) methods: Option<Vec<String>>,
+    pub(crate) upstream: String,
+    pub(crate) auth: Option<AuthMode>,
+    #[serde(default)]
+    pub(crate) require_claims: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub(crate) inject_headers: BTreeMap<String, String>,
+    pub(crate) forward_token: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) upstream_timeout: Option<Duration>,
+}
+
+/// How a route treats the bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid token is needed.
+    Required,
+    /// No token passes anonymously; a token that is sent must be valid.
+    Optional,
+    /// No verification at all.
+    Public,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Required => "required",
+            AuthMode::Optional => "optional",
+            AuthMode::Public => "public",
+        }
+    }
+}
+
+/// `roles = "admin"` and `roles = ["admin"]` mean the same.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(crate) fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(value) => vec![value],
+            OneOrMany::Many(values) => values,
+        }
+    }
+}

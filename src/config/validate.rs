@@ -1,0 +1,375 @@
+//! `ConfigFile` -> `Config`: every rule a config must satisfy, each failure
+//! naming the key it is about. Defaults are applied here, in one place.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Method, Uri};
+
+use super::file::{ConfigFile, ProviderFile, RouteFile, ServerFile};
+use super::*;
+use crate::headers;
+
+pub(super) fn config(file: ConfigFile, origin: &str) -> Result<Config, Invalid> {
+    let server = server(file.server)?;
+    let providers = unique_names(
+        "providers",
+        file.providers
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| provider(i, p)),
+        |p: &ProviderConfig| &p.name,
+    )?;
+    let has_providers = !providers.is_empty();
+    let routes = unique_names(
+        "routes",
+        file.routes
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| route(i, r, has_providers)),
+        |r: &RouteConfig| &r.name,
+    )?;
+    if routes.is_empty() {
+        return Err(invalid("routes", "at least one [[routes]] entry is needed"));
+    }
+    check_reachable(&routes)?;
+    Ok(Config {
+        origin: origin.to_owned(),
+        server,
+        providers,
+        routes: in_match_order(routes),
+    })
+}
+
+/// Collects validated entries, refusing two with the same name.
+fn unique_names<T>(
+    table: &str,
+    entries: impl Iterator<Item = Result<T, Invalid>>,
+    name: impl Fn(&T) -> &String,
+) -> Result<Vec<T>, Invalid> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, entry) in entries.enumerate() {
+        let entry = entry?;
+        if !seen.insert(name(&entry).clone()) {
+            return Err(invalid(
+                format!("{table}[{i}].name"),
+                format!("{:?} is used twice", name(&entry)),
+            ));
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
+    let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("{listen:?} is not an address like \"0.0.0.0:8443\""),
+        )
+    })?;
+    let tls = match (file.tls_cert, file.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "server.tls_key",
+                "tls_cert is set, so tls_key is needed too",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "server.tls_cert",
+                "tls_key is set, so tls_cert is needed too",
+            ));
+        }
+    };
+    Ok(ServerConfig { listen, tls })
+}
+
+fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, Invalid> {
+    let key = |name: &str| format!("providers[{i}].{name}");
+    non_empty(&key("name"), &file.name)?;
+    non_empty(&key("issuer"), &file.issuer)?;
+    let jwks_url = jwks_url(&key("jwks_url"), &file.jwks_url)?;
+    if file.audiences.is_empty() || file.audiences.iter().any(String::is_empty) {
+        return Err(invalid(
+            key("audiences"),
+            "list the audiences this gateway accepts (the token's `aud` must contain one)",
+        ));
+    }
+    let refresh_interval = positive(
+        &key("refresh_interval"),
+        file.refresh_interval,
+        DEFAULT_REFRESH_INTERVAL,
+    )?;
+    let leeway = file.leeway.unwrap_or(DEFAULT_LEEWAY);
+    if leeway > Duration::from_secs(300) {
+        return Err(invalid(
+            key("leeway"),
+            "more than 5m of clock skew would accept long-expired tokens",
+        ));
+    }
+    Ok(ProviderConfig {
+        name: file.name,
+        issuer: file.issuer,
+        jwks_url,
+        audiences: file.audiences,
+        refresh_interval,
+        leeway,
+        refetch_cooldown: positive(
+            &key("refetch_cooldown"),
+            file.refetch_cooldown,
+            DEFAULT_REFETCH_COOLDOWN,
+        )?,
+    })
+}
+
+fn jwks_url(key: &str, text: &str) -> Result<reqwest::Url, Invalid> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
+    let Some(host) = url.host_str() else {
+        return Err(invalid(key, format!("{text:?} has no host")));
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => tracing::warn!(
+            key,
+            url = text,
+            "JWKS is fetched over plain http: keys can be forged in transit"
+        ),
+        other => {
+            return Err(invalid(
+                key,
+                format!("scheme {other:?} is not http or https"),
+            ));
+        }
+    }
+    Ok(url)
+}
+
+fn route(i: usize, file: RouteFile, has_providers: bool) -> Result<RouteConfig, Invalid> {
+    let key = |name: &str| format!("routes[{i}].{name}");
+    non_empty(&key("name"), &file.name)?;
+    let auth = file.auth.unwrap_or(AuthMode::Required);
+    if auth != AuthMode::Public && !has_providers {
+        return Err(invalid(
+            key("auth"),
+            format!(
+                "auth = {:?} needs at least one [[providers]] entry",
+                auth.as_str()
+            ),
+        ));
+    }
+    if !file.require_claims.is_empty() && auth != AuthMode::Required {
+        return Err(invalid(
+            key("require_claims"),
+            "claims can only be required when auth = \"required\"",
+        ));
+    }
+    if !file.inject_headers.is_empty() && auth == AuthMode::Public {
+        return Err(invalid(
+            key("inject_headers"),
+            "a public route has no verified identity to inject",
+        ));
+    }
+    let mut require_claims = Vec::new();
+    for (claim, values) in file.require_claims {
+        let values = values.into_vec();
+        if claim.is_empty() || values.is_empty() || values.iter().any(String::is_empty) {
+            return Err(invalid(
+                key(&format!("require_claims.{claim}")),
+                "give a claim name and at least one non-empty value",
+            ));
+        }
+        require_claims.push(ClaimRequirement { claim, values });
+    }
+    let mut inject_headers = Vec::new();
+    for (header, claim) in file.inject_headers {
+        let header_key = key(&format!("inject_headers.{header}"));
+        if claim.is_empty() {
+            return Err(invalid(header_key, "name the claim to inject"));
+        }
+        inject_headers.push((injectable_header(&header_key, &header)?, claim));
+    }
+    Ok(RouteConfig {
+        path: route_path(&key("path"), file.path)?,
+        host: file
+            .host
+            .map(|host| route_host(&key("host"), &host))
+            .transpose()?,
+        methods: file
+            .methods
+            .map(|methods| route_methods(&key("methods"), methods))
+            .transpose()?,
+        upstream: upstream(&key("upstream"), &file.upstream)?,
+        auth,
+        require_claims,
+        inject_headers,
+        forward_token: file.forward_token.unwrap_or(false),
+        upstream_timeout: positive(
+            &key("upstream_timeout"),
+            file.upstream_timeout,
+            DEFAULT_UPSTREAM_TIMEOUT,
+        )?,
+        name: file.name,
+    })
+}
+
+fn route_path(key: &str, path: String) -> Result<String, Invalid> {
+    let bad = !path.starts_with('/')
+        || path.contains(['?', '#', '%', '\\'])
+        || path.chars().any(|c| c.is_whitespace() || c.is_control())
+        || path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
+    if bad {
+        return Err(invalid(
+            key,
+            format!(
+                "{path:?} must be a plain path starting with '/' (no query, '%', '\\' or dot segments)"
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+fn route_host(key: &str, host: &str) -> Result<String, Invalid> {
+    let parsed: Authority = host
+        .parse()
+        .map_err(|_| invalid(key, format!("{host:?} is not a host name")))?;
+    if parsed.port().is_some() || host.contains('@') || host.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{host:?} must be a bare host name, without port"),
+        ));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+fn route_methods(key: &str, methods: Vec<String>) -> Result<Vec<Method>, Invalid> {
+    if methods.is_empty() {
+        return Err(invalid(
+            key,
+            "list at least one method, or leave methods out to allow any",
+        ));
+    }
+    let mut out: Vec<Method> = Vec::new();
+    for name in methods {
+        let method = Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(key, format!("{name:?} is not an HTTP method")))?;
+        if !out.contains(&method) {
+            out.push(method);
+        }
+    }
+    Ok(out)
+}
+
+fn upstream(key: &str, text: &str) -> Result<Upstream, Invalid> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
+    let scheme = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+        _ => {
+            return Err(invalid(
+                key,
+                format!("{text:?} must start with http:// or https://"),
+            ));
+        }
+    };
+    let authority = match uri.authority() {
+        Some(a) if !a.as_str().contains('@') => a.clone(),
+        _ => {
+            return Err(invalid(
+                key,
+                format!("{text:?} needs a host and no user info"),
+            ));
+        }
+    };
+    if uri.query().is_some() || text.contains('#') {
+        return Err(invalid(
+            key,
+            format!("{text:?} is a base URL: no query or fragment"),
+        ));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+/// Injected headers are stripped from every request; names that carry
+/// framing, routing or credentials would break the proxy if we did that.
+fn injectable_header(key: &str, name: &str) -> Result<HeaderName, Invalid> {
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
+    if name.contains('_') {
+        return Err(invalid(
+            key,
+            "use '-' in header names: many proxies drop names with '_'",
+        ));
+    }
+    if headers::is_reserved(&header) {
+        return Err(invalid(
+            key,
+            format!("{header} is managed by the proxy and cannot carry a claim"),
+        ));
+    }
+    Ok(header)
+}
+
+fn non_empty(key: &str, value: &str) -> Result<(), Invalid> {
+    if value.trim().is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: Option<Duration>, default: Duration) -> Result<Duration, Invalid> {
+    match value {
+        Some(d) if d.is_zero() => Err(invalid(key, "must be longer than zero")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
+/// Refuses a route that an earlier one with the same host and path always wins over.
+fn check_reachable(routes: &[RouteConfig]) -> Result<(), Invalid> {
+    for (j, later) in routes.iter().enumerate() {
+        for (i, earlier) in routes[..j].iter().enumerate() {
+            let overlap = match (&earlier.methods, &later.methods) {
+                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                _ => true,
+            };
+            if earlier.host == later.host && earlier.path == later.path && overlap {
+                return Err(invalid(
+                    format!("routes[{j}].path"),
+                    format!(
+                        "same host, path and methods as routes[{i}] ({:?}): it could never match",
+                        earlier.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Host-specific routes first, then longest path; file order breaks ties.
+fn in_match_order(mut routes: Vec<RouteConfig>) -> Vec<RouteConfig> {
+    routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.path.len())));
+    routes
+}

@@ -1,0 +1,239 @@
+//! Header rules for both directions: what a client may not send, what the
+//! gateway sets, and what an upstream may not send back.
+//!
+//! Invariant: an identity header that reaches the upstream was set by the
+//! gateway from a verified token, on this request, or it is not there at all.
+//! That is why hop-by-hop removal (which a client steers with `Connection`)
+//! runs first and the identity headers are stripped and injected after it.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+/// Headers that describe one connection, never to be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Names the proxy itself manages; a claim may not be injected under them.
+pub(crate) fn is_reserved(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || [
+            header::HOST,
+            header::AUTHORIZATION,
+            header::CONTENT_LENGTH,
+            header::CONTENT_TYPE,
+            header::COOKIE,
+            header::FORWARDED,
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+        ]
+        .contains(name)
+}
+
+/// Every header name any route injects: stripped from every request, on
+/// every route, whatever its letter case, copies or `_` spelling.
+#[derive(Debug, Default)]
+pub(crate) struct IdentityHeaders {
+    names: Vec<HeaderName>,
+    /// The same names as text, to catch `x_user_id` for `x-user-id`.
+    dashed: HashSet<String>,
+}
+
+impl IdentityHeaders {
+    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> Self {
+        let mut managed = IdentityHeaders::default();
+        for name in names {
+            if !managed.names.contains(name) {
+                managed.names.push(name.clone());
+                managed.dashed.insert(name.as_str().to_owned());
+            }
+        }
+        managed
+    }
+
+    fn strip(&self, headers: &mut HeaderMap) {
+        for name in &self.names {
+            headers.remove(name);
+        }
+        if self.dashed.is_empty() {
+            return;
+        }
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().contains('_'))
+            .filter(|name| self.dashed.contains(&name.as_str().replace('_', "-")))
+            .cloned()
+            .collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes hop-by-hop headers, then every identity header a client sent.
+pub(crate) fn sanitize_request(headers: &mut HeaderMap, identity: &IdentityHeaders) {
+    remove_hop_by_hop(headers);
+    identity.strip(headers);
+}
+
+/// Removes hop-by-hop headers an upstream sent back.
+pub(crate) fn clean_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let nominated: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Renders a claim as a header value: strings as they are, numbers in
+/// decimal, arrays of strings joined with `,`, anything else as compact JSON.
+pub(crate) fn claim_header_value(value: &Value) -> Option<HeaderValue> {
+    let text: Cow<'_, str> = match value {
+        Value::String(text) => Cow::Borrowed(text),
+        Value::Number(number) => Cow::Owned(number.to_string()),
+        Value::Array(items) if items.iter().all(Value::is_string) => Cow::Owned(
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => Cow::Owned(other.to_string()),
+    };
+    HeaderValue::from_bytes(text.as_bytes()).ok()
+}
+
+/// Sets `X-Forwarded-For` (appending the peer), `-Proto` and `-Host`.
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let prior: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let chain = if prior.is_empty() {
+        peer.to_string()
+    } else {
+        format!("{}, {peer}", prior.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_identity_headers_in_every_spelling() {
+        let identity = IdentityHeaders::new(&[HeaderName::from_static("x-user-id")]);
+        let mut headers = map(&[
+            ("X-User-Id", "a"),
+            ("x-user-id", "b"),
+            ("x_user_id", "c"),
+            ("x-user_id", "d"),
+            ("x-other", "kept"),
+        ]);
+        sanitize_request(&mut headers, &identity);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-other"], "kept");
+    }
+
+    #[test]
+    fn removes_headers_nominated_by_connection() {
+        let mut headers = map(&[
+            ("connection", "close, X-Secret"),
+            ("connection", "x-also"),
+            ("x-secret", "1"),
+            ("x-also", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ]);
+        sanitize_request(&mut headers, &IdentityHeaders::default());
+        assert_eq!(
+            headers.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["x-kept"]
+        );
+    }
+
+    #[test]
+    fn renders_claims_as_header_values() {
+        let render = |v: Value| claim_header_value(&v).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(render(json!("alice")).as_deref(), Some("alice"));
+        assert_eq!(render(json!(42)).as_deref(), Some("42"));
+        assert_eq!(
+            render(json!(["admin", "ops"])).as_deref(),
+            Some("admin,ops")
+        );
+        assert_eq!(render(json!([1, "a"])).as_deref(), Some("[1,\"a\"]"));
+        assert_eq!(render(json!({"a": true})).as_deref(), Some("{\"a\":true}"));
+        assert_eq!(render(json!("evil\r\nx-admin: 1")), None);
+        assert_eq!(render(json!("nul\0")), None);
+    }
+
+    #[test]
+    fn appends_the_peer_to_x_forwarded_for() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(
+            &mut headers,
+            "192.0.2.7".parse().unwrap(),
+            "https",
+            Some(&host),
+        );
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "api.example.com");
+    }
+}

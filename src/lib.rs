@@ -1,0 +1,34 @@
+//! Portcullis: an authentication gateway.
+//!
+//! It terminates TLS, matches each request to a route from a TOML file,
+//! verifies the bearer JWT against the identity provider's JWKS, strips
+//! identity headers a client tried to send, injects the verified ones, and
+//! streams the request to the route's upstream.
+//!
+//! The binary (`main.rs`) is a thin CLI over this library; the tests start
+//! the gateway in-process through it.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod config;
+mod control;
+pub mod dev;
+mod error;
+mod headers;
+mod jwks;
+mod proxy;
+mod route;
+mod server;
+mod state;
+mod tls;
+mod upstream;
+
+pub use config::{Config, ConfigError};
+pub use server::{Gateway, StartError};
+
+/// Loads everything `Gateway::bind` would (TLS files included) without
+/// binding: what `portcullis check` runs.
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    server::preflight(config)
+}

@@ -1,0 +1,168 @@
+//! The route table: which route a request belongs to.
+//!
+//! Routes are kept in match order (a route with `host` before one without,
+//! then the longest path), so the first match is the most specific one.
+//! Path prefixes match whole segments: `/orders` matches `/orders` and
+//! `/orders/1`, never `/ordersX`.
+
+use http::Method;
+
+use crate::config::RouteConfig;
+
+pub(crate) struct RouteTable {
+    routes: Vec<RouteConfig>,
+}
+
+impl RouteTable {
+    /// `routes` must already be in match order, as `Config` keeps them.
+    pub(crate) fn new(routes: Vec<RouteConfig>) -> RouteTable {
+        RouteTable { routes }
+    }
+
+    /// The most specific route for a request; `host` is lowercase, without port.
+    pub(crate) fn find(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Option<&RouteConfig> {
+        self.routes.iter().find(|route| {
+            route
+                .host
+                .as_deref()
+                .is_none_or(|wanted| Some(wanted) == host)
+                && path_has_prefix(path, &route.path)
+                && route
+                    .methods
+                    .as_ref()
+                    .is_none_or(|methods| methods.contains(method))
+        })
+    }
+}
+
+/// Refuses paths whose meaning an upstream could read differently from us:
+/// dot segments, a backslash, and encoded `/`, `\`, `.` or NUL. Such a path
+/// could match one route here and reach another resource upstream.
+pub(crate) fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the request target must be an absolute path");
+    }
+    if path.contains('\\') {
+        return Err("backslash in path");
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err("dot segment in path");
+    }
+    let encoded = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                &[w[1], w[2].to_ascii_uppercase()],
+                b"2F" | b"5C" | b"2E" | b"00"
+            )
+    });
+    if encoded {
+        return Err("encoded '/', '\\', '.' or NUL in path");
+    }
+    Ok(())
+}
+
+/// Segment-aware prefix match.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!(
+            "[[providers]]\nname = \"p\"\nissuer = \"i\"\njwks_url = \"http://127.0.0.1/j\"\naudiences = [\"a\"]\n{routes}"
+        );
+        RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes)
+    }
+
+    fn name<'a>(
+        table: &'a RouteTable,
+        host: Option<&str>,
+        path: &str,
+        method: Method,
+    ) -> Option<&'a str> {
+        table.find(host, path, &method).map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let t =
+            table("[[routes]]\nname = \"orders\"\npath = \"/orders\"\nupstream = \"http://o\"\n");
+        assert_eq!(name(&t, None, "/orders", Method::GET), Some("orders"));
+        assert_eq!(name(&t, None, "/orders/1", Method::GET), Some("orders"));
+        assert_eq!(name(&t, None, "/ordersX", Method::GET), None);
+        assert_eq!(name(&t, None, "/order", Method::GET), None);
+    }
+
+    #[test]
+    fn refuses_ambiguous_paths() {
+        for bad in [
+            "/a/../admin",
+            "/a/./b",
+            "/..",
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/%2e%2e/x",
+            "/a\\b",
+            "/a%00",
+            "*",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in ["/", "/a/b", "/a..b", "/a%20b", "/.well-known/x", "/a;b"] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn the_most_specific_route_wins() {
+        let t = table(
+            r#"
+            [[routes]]
+            name = "root"
+            path = "/"
+            upstream = "http://a"
+            [[routes]]
+            name = "orders"
+            path = "/orders"
+            upstream = "http://b"
+            [[routes]]
+            name = "orders-on-api"
+            path = "/"
+            host = "API.example.com"
+            upstream = "http://c"
+            [[routes]]
+            name = "orders-write"
+            path = "/orders/new"
+            methods = ["post"]
+            upstream = "http://d"
+            "#,
+        );
+        assert_eq!(name(&t, None, "/x", Method::GET), Some("root"));
+        assert_eq!(name(&t, None, "/orders/1", Method::GET), Some("orders"));
+        assert_eq!(
+            name(&t, Some("api.example.com"), "/orders/1", Method::GET),
+            Some("orders-on-api")
+        );
+        assert_eq!(
+            name(&t, None, "/orders/new", Method::POST),
+            Some("orders-write")
+        );
+        assert_eq!(name(&t, None, "/orders/new", Method::GET), Some("orders"));
+    }
+}

@@ -1,0 +1,78 @@
+//! The live snapshot: the compiled config and every provider's key set,
+//! held together in one `ArcSwap` so a request sees one consistent pair.
+//!
+//! A request loads it once and keeps that `Arc` to the end, so it finishes
+//! on the config and keys it started with. Only `control` replaces it.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ProviderConfig};
+use crate::control::Refetch;
+use crate::headers::IdentityHeaders;
+use crate::jwks::KeySet;
+use crate::route::RouteTable;
+
+pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
+
+pub(crate) struct Snapshot {
+    pub(crate) config: Arc<Compiled>,
+    /// One per provider, same order as `config.providers`.
+    pub(crate) keys: Vec<Arc<KeySet>>,
+}
+
+/// Everything derived from a `Config` that the request path needs, built
+/// once per config so no request compiles anything.
+pub(crate) struct Compiled {
+    pub(crate) routes: RouteTable,
+    pub(crate) identity_headers: IdentityHeaders,
+    pub(crate) providers: Vec<Provider>,
+}
+
+pub(crate) struct Provider {
+    pub(crate) config: ProviderConfig,
+    pub(crate) refetch: Refetch,
+}
+
+impl Compiled {
+    pub(crate) fn new(config: &Config) -> Compiled {
+        Compiled {
+            routes: RouteTable::new(config.routes.clone()),
+            identity_headers: IdentityHeaders::new(
+                config
+                    .routes
+                    .iter()
+                    .flat_map(|r| r.inject_headers.iter().map(|(name, _)| name)),
+            ),
+            providers: config
+                .providers
+                .iter()
+                .map(|p| Provider {
+                    config: p.clone(),
+                    refetch: Refetch::new(p.refetch_cooldown),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// A snapshot whose providers have no keys yet: their routes deny.
+    pub(crate) fn unloaded(config: Arc<Compiled>) -> Snapshot {
+        let keys = config
+            .providers
+            .iter()
+            .map(|_| Arc::new(KeySet::default()))
+            .collect();
+        Snapshot { config, keys }
+    }
+
+    /// The provider whose `issuer` is exactly `iss`, by index.
+    pub(crate) fn provider_for(&self, iss: &str) -> Option<usize> {
+        self.config
+            .providers
+            .iter()
+            .position(|p| p.config.issuer == iss)
+    }
+}

@@ -1,0 +1,133 @@
+//! The pooled client that carries requests to upstreams.
+//!
+//! One client for the whole process, so connections are reused across
+//! requests and routes. Bodies are streamed through in both directions:
+//! the request body is the client's `Incoming` as it arrives.
+
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::Upstream;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+pub(crate) struct UpstreamClient {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+}
+
+impl UpstreamClient {
+    pub(crate) fn new() -> UpstreamClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_client_config())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        UpstreamClient { client }
+    }
+
+    /// Sends `request` and waits for the response head at most `timeout`.
+    pub(crate) async fn forward(
+        &self,
+        request: Request<Incoming>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(UpstreamError::Unreachable(error_chain(&error))),
+            Err(_) => Err(UpstreamError::Timeout(timeout)),
+        }
+    }
+}
+
+/// The upstream URI for a request: base URL + the request's path and query.
+pub(crate) fn target(upstream: &Upstream, path_and_query: &str) -> Option<Uri> {
+    let path_and_query = if upstream.base_path.is_empty() {
+        PathAndQuery::try_from(path_and_query).ok()?
+    } else {
+        PathAndQuery::try_from(format!("{}{path_and_query}", upstream.base_path)).ok()?
+    };
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
+/// System roots for `https://` upstreams, through the one crypto provider.
+fn tls_client_config() -> rustls::ClientConfig {
+    let builder = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::aws_lc_rs::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .expect("aws-lc-rs supports the default protocol versions");
+    match builder.clone().with_native_roots() {
+        Ok(roots) => roots.with_no_client_auth(),
+        Err(error) => {
+            tracing::warn!(%error, "no system CA certificates: https upstreams cannot be verified");
+            builder
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    }
+}
+
+/// "client error (Connect): tcp connect error: Connection refused" and so on.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_path_and_query_to_the_base() {
+        let upstream = |base: &str| Upstream {
+            scheme: http::uri::Scheme::HTTP,
+            authority: "orders:8080".parse().unwrap(),
+            base_path: base.to_owned(),
+        };
+        assert_eq!(
+            target(&upstream(""), "/orders/1?x=1").unwrap(),
+            "http://orders:8080/orders/1?x=1"
+        );
+        assert_eq!(
+            target(&upstream("/api"), "/orders").unwrap(),
+            "http://orders:8080/api/orders"
+        );
+    }
+}
