@@ -133,6 +133,7 @@ impl Control {
                 Err(error) => {
                     failures += 1;
                     let retry = backoff(failures).min(provider.config.refresh_interval);
+                    let error = crate::error::chain(&error);
                     tracing::warn!(provider = %name, %error, retry_in = ?retry, "JWKS fetch failed; keeping the last good keys");
                     retry
                 }

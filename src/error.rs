@@ -103,6 +103,18 @@ impl Rejection {
     }
 }
 
+/// An error and its causes on one line: "request failed: ...: connection refused".
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn invalid_token_challenge(reason: Reason) -> String {
     format!(
         "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",

@@ -68,13 +68,13 @@ impl KeySet {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JwksError {
-    #[error("request failed: {0}")]
+    #[error("request failed")]
     Http(#[from] reqwest::Error),
     #[error("answered {0}")]
     Status(http::StatusCode),
     #[error("document is larger than {MAX_JWKS_BYTES} bytes")]
     TooLarge,
-    #[error("not a JWKS document: {0}")]
+    #[error("not a JWKS document")]
     Json(#[from] serde_json::Error),
     #[error("no usable key in the set")]
     NoUsableKey,

@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
+use crate::error;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -59,7 +60,7 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(UpstreamError::Unreachable(error_chain(&error))),
+            Ok(Err(error)) => Err(UpstreamError::Unreachable(error::chain(&error))),
             Err(_) => Err(UpstreamError::Timeout(timeout)),
         }
     }
@@ -96,18 +97,6 @@ fn tls_client_config() -> rustls::ClientConfig {
                 .with_no_client_auth()
         }
     }
-}
-
-/// "client error (Connect): tcp connect error: Connection refused" and so on.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -76,8 +76,12 @@ impl SigningKey {
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .expect("RS256 signing with a valid key")
+        self.sign_with(&header, claims)
+    }
+
+    /// Signs `claims` under any header (tests forge some).
+    pub fn sign_with(&self, header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.encoding).expect("signing with a valid key")
     }
 }
 
@@ -106,12 +110,11 @@ impl IdentityProvider {
         listener: TcpListener,
         issuer: &str,
         audience: &str,
-        signer: SigningKey,
+        signer: Arc<SigningKey>,
     ) -> IdentityProvider {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let signer = Arc::new(signer);
         let idp = IdentityProvider {
             addr,
             issuer: issuer.to_owned(),
@@ -131,7 +134,7 @@ impl IdentityProvider {
     pub async fn start(
         issuer: &str,
         audience: &str,
-        signer: SigningKey,
+        signer: Arc<SigningKey>,
     ) -> std::io::Result<IdentityProvider> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         Ok(IdentityProvider::serve(listener, issuer, audience, signer))

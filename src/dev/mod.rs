@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,7 +87,7 @@ pub async fn run(
         idp_listener,
         &provider.issuer,
         &provider.audiences[0],
-        SigningKey::generate("dev-key-1"),
+        Arc::new(SigningKey::generate("dev-key-1")),
     );
     let gateway = Gateway::bind(&config).await?;
     let base = format!("https://{}", gateway.local_addr());

@@ -1,0 +1,9 @@
+//! End-to-end tests: real TLS, real HTTP, a real JWKS server and upstream,
+//! all in-process on 127.0.0.1 ephemeral ports. One binary, linked once.
+
+mod cli;
+mod identity;
+mod keys;
+mod proxying;
+mod support;
+mod tokens;

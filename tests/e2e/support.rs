@@ -1,0 +1,325 @@
+//! A whole stack per test, in-process on 127.0.0.1 ephemeral ports: an
+//! identity provider serving a real JWKS, an echo upstream that reports
+//! what it received, and the gateway in front with a certificate made now.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis::dev::{EchoUpstream, IdentityProvider, SigningKey, now};
+use portcullis::{Config, Gateway};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub const ISSUER: &str = "https://idp.test";
+pub const AUDIENCE: &str = "orders";
+
+/// The routes most tests use; `{upstream}` is the echo server.
+pub const ROUTES: &str = r#"
+[[routes]]
+name = "orders"
+path = "/orders"
+upstream = "{upstream}"
+auth = "required"
+inject_headers = { "x-user-id" = "sub", "x-user-roles" = "roles" }
+
+[[routes]]
+name = "admin"
+path = "/admin"
+upstream = "{upstream}"
+auth = "required"
+require_claims = { roles = ["admin"] }
+inject_headers = { "x-user-id" = "sub" }
+
+[[routes]]
+name = "maybe"
+path = "/maybe"
+upstream = "{upstream}"
+auth = "optional"
+inject_headers = { "x-user-id" = "sub" }
+
+[[routes]]
+name = "public"
+path = "/public"
+upstream = "{upstream}"
+auth = "public"
+"#;
+
+/// What to change from the defaults.
+pub struct Options {
+    pub routes: String,
+    pub refresh_interval: &'static str,
+    pub refetch_cooldown: &'static str,
+    pub tls: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            routes: ROUTES.to_owned(),
+            refresh_interval: "1h",
+            refetch_cooldown: "10s",
+            tls: true,
+        }
+    }
+}
+
+pub struct Stack {
+    pub addr: SocketAddr,
+    pub idp: IdentityProvider,
+    pub key: Arc<SigningKey>,
+    pub echo: EchoUpstream,
+    pub cert: PathBuf,
+    tls: bool,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    _dir: tempfile::TempDir,
+    _stop: DropGuard,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Stack {
+        let key = Arc::new(SigningKey::generate("k1"));
+        let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone())
+            .await
+            .unwrap();
+        Stack::with_idp(options, idp, key).await
+    }
+
+    /// A stack around an identity provider the test has prepared.
+    pub async fn with_idp(options: Options, idp: IdentityProvider, key: Arc<SigningKey>) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, private) = portcullis::dev::write_self_signed_certificate(dir.path()).unwrap();
+        let echo = EchoUpstream::start().await.unwrap();
+        let tls = if options.tls {
+            format!("tls_cert = {cert:?}\ntls_key = {private:?}\n")
+        } else {
+            String::new()
+        };
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+{tls}
+[[providers]]
+name = "idp"
+issuer = "{ISSUER}"
+jwks_url = "{jwks}"
+audiences = ["{AUDIENCE}", "other"]
+refresh_interval = "{refresh}"
+refetch_cooldown = "{cooldown}"
+{routes}"#,
+            jwks = idp.jwks_url(),
+            refresh = options.refresh_interval,
+            cooldown = options.refetch_cooldown,
+            routes = options.routes.replace("{upstream}", &echo.url()),
+        );
+        let config = Config::parse(&text, "test.toml").unwrap();
+        let gateway = Gateway::bind(&config).await.unwrap();
+        let addr = gateway.local_addr();
+        let stop = CancellationToken::new();
+        tokio::spawn(gateway.serve(stop.clone().cancelled_owned()));
+        let client = client(&cert, Version::HTTP_11);
+        Stack {
+            addr,
+            idp,
+            key,
+            echo,
+            cert,
+            tls: options.tls,
+            client,
+            _dir: dir,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://localhost:{}{path}", self.addr.port())
+    }
+
+    /// Claims that pass every check; `changes` overrides or (with null) removes some.
+    pub fn claims(&self, changes: Value) -> Value {
+        let mut claims = json!({
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "alice",
+            "roles": ["admin", "ops"],
+            "iat": now(),
+            "exp": now() + 3600,
+        });
+        for (name, value) in changes.as_object().unwrap() {
+            match value {
+                Value::Null => claims.as_object_mut().unwrap().remove(name),
+                value => claims
+                    .as_object_mut()
+                    .unwrap()
+                    .insert(name.clone(), value.clone()),
+            };
+        }
+        claims
+    }
+
+    /// A valid token, changed as asked, signed with the published key.
+    pub fn token(&self, changes: Value) -> String {
+        self.key.sign(&self.claims(changes))
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, path, headers, Bytes::new()).await
+    }
+
+    pub async fn get_with_token(&self, path: &str, token: &str) -> Reply {
+        self.get(path, &[("authorization", &format!("Bearer {token}"))])
+            .await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(&self.client, request.body(Full::new(body)).unwrap()).await
+    }
+
+    /// Writes `head` (CRLF line ends added) over TLS, as a client would
+    /// send it byte for byte, and returns the whole raw response.
+    pub async fn raw(&self, head: &[&str]) -> String {
+        let mut text = head.join("\r\n");
+        text.push_str("\r\n\r\n");
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let mut tls = tls_connector(&self.cert)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(text.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
+        String::from_utf8_lossy(&response).into_owned()
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header as the echo upstream received it (a list if sent more than once).
+    pub fn upstream_header(&self, name: &str) -> Option<Value> {
+        self.json()["headers"].get(name).cloned()
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+pub fn client(
+    root: &PathBuf,
+    version: Version,
+) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(root))
+        .https_or_http();
+    let connector = if version == Version::HTTP_2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new())
+        .http2_only(version == Version::HTTP_2)
+        .build(connector)
+}
+
+pub async fn send(
+    client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Reply {
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .expect("the gateway answers in time")
+        .expect("the gateway answers");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+fn tls_config(root: &PathBuf) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(root).unwrap())
+        .unwrap();
+    rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::aws_lc_rs::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
+/// A TLS connector for raw HTTP/1.1 bytes.
+fn tls_connector(root: &PathBuf) -> tokio_rustls::TlsConnector {
+    let mut config = tls_config(root);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Builds a token by hand: any header, any payload, any signature.
+pub fn forge(header: Value, claims: &Value, signature: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.{signature}", b64(&header), b64(claims))
+}
