@@ -240,3 +240,160 @@ impl RouteConfig {
         line
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROVIDER: &str = r#"
+[[providers]]
+name = "idp"
+issuer = "https://idp.test"
+jwks_url = "https://idp.test/jwks"
+audiences = ["api"]
+"#;
+
+    fn error(routes: &str) -> String {
+        Config::parse(&format!("{PROVIDER}{routes}"), "t.toml")
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    fn route(extra: &str) -> String {
+        format!("[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"http://u\"\n{extra}\n")
+    }
+
+    #[test]
+    fn route_rules_are_enforced_with_the_key_and_line() {
+        let cases = [
+            (
+                route("host = \"api.test:443\""),
+                "t.toml:11: routes[0].host: \"api.test:443\" must be a bare host name",
+            ),
+            (
+                route("methods = []"),
+                "t.toml:11: routes[0].methods: list at least one method",
+            ),
+            (
+                route("methods = [\"GE T\"]"),
+                "routes[0].methods: \"GE T\" is not an HTTP method",
+            ),
+            (
+                route("auth = \"optional\"\nrequire_claims = { roles = \"a\" }"),
+                "routes[0].require_claims: claims can only be required",
+            ),
+            (
+                route("auth = \"public\"\ninject_headers = { \"x-id\" = \"sub\" }"),
+                "routes[0].inject_headers: a public route",
+            ),
+            (
+                route("inject_headers = { \"x_id\" = \"sub\" }"),
+                "routes[0].inject_headers.x_id: use '-'",
+            ),
+            (
+                route("inject_headers = { \"x-forwarded-for\" = \"sub\" }"),
+                "is managed by the proxy",
+            ),
+            (
+                route("require_claims = { roles = [] }"),
+                "routes[0].require_claims.roles: give a claim name",
+            ),
+            (
+                route("upstream_timeout = \"0s\""),
+                "routes[0].upstream_timeout: must be longer than zero",
+            ),
+            (
+                route("auth = \"sometimes\""),
+                "t.toml:11: routes[0].auth: unknown variant `sometimes`",
+            ),
+            (
+                format!("{}{}", route(""), route("")),
+                "routes[1].name: \"r\" is the same as routes[0]'s",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    route("methods = [\"GET\"]"),
+                    route("methods = [\"get\", \"POST\"]").replace("\"r\"", "\"s\"")
+                ),
+                "routes[1].path: same host, path and methods as routes[0] (\"r\")",
+            ),
+            (
+                String::new(),
+                "routes: at least one [[routes]] entry is needed",
+            ),
+        ];
+        for (routes, expected) in cases {
+            let message = error(&routes);
+            assert!(
+                message.contains(expected),
+                "wanted {expected:?}, got {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_rules_are_enforced() {
+        let with = |from: &str, to: &str| {
+            let text = format!("{}{}", PROVIDER.replace(from, to), route(""));
+            Config::parse(&text, "t.toml").unwrap_err().to_string()
+        };
+        assert!(
+            with("https://idp.test/jwks", "ftp://idp.test/jwks")
+                .contains("providers[0].jwks_url: scheme \"ftp\"")
+        );
+        assert!(with("https://idp.test/jwks", "not a url").contains("providers[0].jwks_url:"));
+        assert!(with("audiences = [\"api\"]", "audiences = []").contains("providers[0].audiences"));
+        assert!(
+            with("issuer = \"https://idp.test\"", "issuer = \" \"")
+                .contains("providers[0].issuer: must not be empty")
+        );
+        assert!(with("audiences", "leeway = \"10m\"\naudiences").contains("providers[0].leeway"));
+        let twice = format!(
+            "{PROVIDER}{}{}",
+            PROVIDER.replace("\"idp\"", "\"idp2\""),
+            route("")
+        );
+        let message = Config::parse(&twice, "t.toml").unwrap_err().to_string();
+        assert!(
+            message.contains(
+                "t.toml:10: providers[1].issuer: \"https://idp.test\" is the same as providers[0]'s"
+            ),
+            "{message}"
+        );
+        let public_only = Config::parse(&route("auth = \"public\""), "t.toml");
+        assert!(
+            public_only.is_ok(),
+            "no provider is needed when no route verifies"
+        );
+        let message = Config::parse(&route(""), "t.toml").unwrap_err().to_string();
+        assert!(
+            message
+                .contains("routes[0].auth: auth = \"required\" needs at least one [[providers]]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn defaults_and_normalisation() {
+        let config = Config::parse(
+            &format!(
+                "{PROVIDER}{}",
+                route("host = \"API.Test\"\nmethods = [\"get\"]")
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.server.tls.is_none());
+        let provider = &config.providers[0];
+        assert_eq!(provider.refresh_interval, DEFAULT_REFRESH_INTERVAL);
+        assert_eq!(provider.leeway, DEFAULT_LEEWAY);
+        let route = &config.routes[0];
+        assert_eq!(route.auth, AuthMode::Required);
+        assert_eq!(route.host.as_deref(), Some("api.test"));
+        assert_eq!(route.methods, Some(vec![Method::GET]));
+        assert!(!route.forward_token);
+        assert_eq!(route.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
+    }
+}

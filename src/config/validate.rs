@@ -1,7 +1,6 @@
 //! `ConfigFile` -> `Config`: every rule a config must satisfy, each failure
 //! naming the key it is about. Defaults are applied here, in one place.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -14,23 +13,23 @@ use crate::headers;
 
 pub(super) fn config(file: ConfigFile, origin: &str) -> Result<Config, Invalid> {
     let server = server(file.server)?;
-    let providers = unique_names(
-        "providers",
-        file.providers
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| provider(i, p)),
-        |p: &ProviderConfig| &p.name,
-    )?;
+    let providers: Vec<ProviderConfig> = file
+        .providers
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| provider(i, p))
+        .collect::<Result<_, _>>()?;
+    unique("providers", "name", providers.iter().map(|p| &p.name))?;
+    // a token's `iss` must pick exactly one provider
+    unique("providers", "issuer", providers.iter().map(|p| &p.issuer))?;
     let has_providers = !providers.is_empty();
-    let routes = unique_names(
-        "routes",
-        file.routes
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| route(i, r, has_providers)),
-        |r: &RouteConfig| &r.name,
-    )?;
+    let routes: Vec<RouteConfig> = file
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| route(i, r, has_providers))
+        .collect::<Result<_, _>>()?;
+    unique("routes", "name", routes.iter().map(|r| &r.name))?;
     if routes.is_empty() {
         return Err(invalid("routes", "at least one [[routes]] entry is needed"));
     }
@@ -43,25 +42,22 @@ pub(super) fn config(file: ConfigFile, origin: &str) -> Result<Config, Invalid> 
     })
 }
 
-/// Collects validated entries, refusing two with the same name.
-fn unique_names<T>(
+/// Refuses a value of `table[].field` seen twice, naming both entries.
+fn unique<'a>(
     table: &str,
-    entries: impl Iterator<Item = Result<T, Invalid>>,
-    name: impl Fn(&T) -> &String,
-) -> Result<Vec<T>, Invalid> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    for (i, entry) in entries.enumerate() {
-        let entry = entry?;
-        if !seen.insert(name(&entry).clone()) {
+    field: &str,
+    values: impl Iterator<Item = &'a String>,
+) -> Result<(), Invalid> {
+    let values: Vec<&String> = values.collect();
+    for (j, value) in values.iter().enumerate() {
+        if let Some(i) = values[..j].iter().position(|earlier| earlier == value) {
             return Err(invalid(
-                format!("{table}[{i}].name"),
-                format!("{:?} is used twice", name(&entry)),
+                format!("{table}[{j}].{field}"),
+                format!("{value:?} is the same as {table}[{i}]'s"),
             ));
         }
-        out.push(entry);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
