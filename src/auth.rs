@@ -6,7 +6,6 @@
 //! token names, so `alg: none` and HS256-signed-with-the-public-key fail.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,13 +15,12 @@ use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
 
 use crate::config::{AuthMode, ClaimRequirement, RouteConfig};
+use crate::control::Wait;
 use crate::jwks::KeySet;
 use crate::state::{SharedState, Snapshot};
 
 /// Larger tokens are refused before any decoding work.
 pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
-/// How long a token with an unknown `kid` may wait for an early key fetch.
-const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(1);
 
 /// The verified claims of a token.
 #[derive(Debug)]
@@ -107,6 +105,8 @@ pub(crate) enum AuthError {
     Missing,
     #[error("more than one Authorization header")]
     Ambiguous,
+    #[error("only Bearer tokens are accepted")]
+    UnsupportedScheme,
     #[error("{}", .0.description())]
     Invalid(Reason),
     #[error("the signing keys of provider {0:?} are not loaded yet")]
@@ -170,6 +170,8 @@ fn claim_holds(name: &str, claim: Option<&Value>, wanted: &str) -> bool {
 }
 
 /// The bearer token, if the request carries one (scheme case-insensitive).
+/// Credentials of any other scheme are refused on a route that verifies
+/// tokens, never passed on unverified.
 fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -181,9 +183,9 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let value = value
         .to_str()
         .map_err(|_| AuthError::Invalid(Reason::Malformed))?;
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    let (scheme, token) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
+        return Err(AuthError::UnsupportedScheme);
     }
     Ok(Some(token.trim()))
 }
@@ -235,7 +237,7 @@ fn unverified_issuer(token: &str) -> Result<String, AuthError> {
 }
 
 /// The provider's keys, after waiting briefly for an early fetch when the
-/// token's key is not among them (rotation) or none are loaded yet (start).
+/// token's key is not among them (rotation), or for the first load at start.
 async fn keys_for(
     snapshot: &Snapshot,
     index: usize,
@@ -243,22 +245,33 @@ async fn keys_for(
     state: &SharedState,
 ) -> Arc<KeySet> {
     let keys = &snapshot.keys[index];
-    if keys.find(kid).is_some() || (kid.is_none() && keys.is_loaded()) {
+    if keys.find(kid).is_some() {
         return keys.clone();
     }
     let refetch = &snapshot.config.providers[index].refetch;
-    let Some(mut completions) = refetch.request() else {
+    let wait = match (keys.is_loaded(), kid) {
+        (false, _) => refetch.first_load(),
+        (true, Some(_)) => refetch.early(),
+        (true, None) => None,
+    };
+    let Some(Wait {
+        mut completions,
+        deadline,
+    }) = wait
+    else {
         return keys.clone();
     };
-    let deadline = tokio::time::Instant::now() + UNKNOWN_KID_WAIT;
     loop {
         let completed = tokio::time::timeout_at(deadline, completions.changed()).await;
-        let latest = state.load();
-        if !Arc::ptr_eq(&latest.config, &snapshot.config) {
-            return keys.clone();
-        }
-        let latest = latest.keys[index].clone();
-        if !matches!(completed, Ok(Ok(()))) || latest.find(kid).is_some() || !refetch.is_busy() {
+        let latest = {
+            let current = state.load();
+            if !Arc::ptr_eq(&current.config, &snapshot.config) {
+                return keys.clone();
+            }
+            current.keys[index].clone()
+        };
+        let finished = !matches!(completed, Ok(Ok(()))) || !refetch.is_outstanding();
+        if finished || latest.find(kid).is_some() {
             return latest;
         }
     }
@@ -326,12 +339,58 @@ mod tests {
     }
 
     #[test]
+    fn every_required_value_must_be_held() {
+        let text = "[[providers]]\nname = \"p\"\nissuer = \"i\"\njwks_url = \"https://idp.test/j\"\naudiences = [\"a\"]\n\
+                    [[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"http://u\"\n\
+                    require_claims = { roles = [\"admin\", \"ops\"] }\n";
+        let config = crate::config::Config::parse(text, "t.toml").unwrap();
+        let route = &config.routes[0];
+        assert!(authorize(route, Some(&identity(json!({"roles": ["ops", "admin"]})))).is_ok());
+        let only_admin = authorize(route, Some(&identity(json!({"roles": ["admin"]}))));
+        assert!(
+            matches!(only_admin, Err(AuthError::Insufficient { ref value, .. }) if value == "ops"),
+            "{only_admin:?}"
+        );
+    }
+
+    #[test]
+    fn jwt_errors_map_to_their_reasons() {
+        let cases = [
+            (ErrorKind::ExpiredSignature, Reason::Expired),
+            (ErrorKind::ImmatureSignature, Reason::NotYetValid),
+            (ErrorKind::InvalidSignature, Reason::BadSignature),
+            (ErrorKind::InvalidAlgorithm, Reason::BadAlgorithm),
+            (ErrorKind::InvalidIssuer, Reason::WrongIssuer),
+            (ErrorKind::InvalidAudience, Reason::WrongAudience),
+            (
+                ErrorKind::MissingRequiredClaim("exp".into()),
+                Reason::MissingClaim,
+            ),
+            (
+                ErrorKind::InvalidClaimFormat("nbf".into()),
+                Reason::BadClaimType,
+            ),
+            (ErrorKind::InvalidToken, Reason::Malformed),
+        ];
+        for (kind, expected) in cases {
+            assert_eq!(reason(&kind), expected, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn bearer_scheme_is_case_insensitive_and_unique() {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, "bEaReR abc".parse().unwrap());
         assert_eq!(bearer_token(&headers).unwrap(), Some("abc"));
-        headers.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert_eq!(bearer_token(&headers).unwrap(), None);
+        headers.insert(AUTHORIZATION, "Bearer\tabc".parse().unwrap());
+        assert_eq!(bearer_token(&headers).unwrap(), Some("abc"));
+        for other in ["Basic abc", "Token abc", "Bearerabc"] {
+            headers.insert(AUTHORIZATION, other.parse().unwrap());
+            assert!(
+                matches!(bearer_token(&headers), Err(AuthError::UnsupportedScheme)),
+                "{other}"
+            );
+        }
         headers.insert(AUTHORIZATION, "Bearer".parse().unwrap());
         assert_eq!(bearer_token(&headers).unwrap(), Some(""));
         headers.append(AUTHORIZATION, "Bearer x".parse().unwrap());

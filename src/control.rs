@@ -9,7 +9,7 @@
 //! waited for only briefly.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,18 +21,28 @@ use crate::state::{Compiled, SharedState, Snapshot};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a token may wait for the early fetch it (or a concurrent
+/// token) asked for, or for the first load at start.
+pub(crate) const EARLY_FETCH_WAIT: Duration = Duration::from_secs(1);
+const NEVER: u64 = u64::MAX;
+
 /// Coordinates early fetches for tokens with an unknown `kid`.
 pub(crate) struct Refetch {
     wake: Notify,
     /// Counts completed fetches, good or bad, so waiters can re-check.
     completed: watch::Sender<u64>,
-    /// An early fetch was asked for and has not started yet.
-    pending: AtomicBool,
-    in_flight: AtomicBool,
     cooldown: Duration,
     epoch: Instant,
-    /// Milliseconds after `epoch` of the last early fetch; `u64::MAX` = never.
-    last_forced: AtomicU64,
+    /// Milliseconds after `epoch` when the last early fetch was asked for.
+    asked_at: AtomicU64,
+    /// `asked_at` of the last early fetch that completed.
+    served: AtomicU64,
+}
+
+/// What a request may wait on, and until when.
+pub(crate) struct Wait {
+    pub(crate) completions: watch::Receiver<u64>,
+    pub(crate) deadline: tokio::time::Instant,
 }
 
 impl Refetch {
@@ -40,51 +50,69 @@ impl Refetch {
         Refetch {
             wake: Notify::new(),
             completed: watch::Sender::new(0),
-            pending: AtomicBool::new(false),
-            in_flight: AtomicBool::new(false),
             cooldown,
             epoch: Instant::now(),
-            last_forced: AtomicU64::new(u64::MAX),
+            asked_at: AtomicU64::new(NEVER),
+            served: AtomicU64::new(NEVER),
         }
     }
 
-    /// Asks for an early fetch if the cooldown allows one. Returns what to
-    /// wait on when a fetch is coming (asked for now or already under way),
-    /// or `None` when the caller should deny at once.
-    pub(crate) fn request(&self) -> Option<watch::Receiver<u64>> {
+    /// For a token whose `kid` is unknown: asks for an early fetch if the
+    /// cooldown allows, or joins the one asked for less than
+    /// `EARLY_FETCH_WAIT` ago. `None`: deny at once.
+    pub(crate) fn early(&self) -> Option<Wait> {
         let completions = self.completed.subscribe();
-        if self.claim_cooldown() {
-            self.pending.store(true, Ordering::Release);
-            self.wake.notify_one();
-            return Some(completions);
-        }
-        self.is_busy().then_some(completions)
-    }
-
-    /// A fetch is asked for or running: worth waiting for.
-    pub(crate) fn is_busy(&self) -> bool {
-        self.pending.load(Ordering::Acquire) || self.in_flight.load(Ordering::Acquire)
-    }
-
-    fn claim_cooldown(&self) -> bool {
         let now = self.epoch.elapsed().as_millis() as u64;
-        let last = self.last_forced.load(Ordering::Acquire);
+        let asked = self.asked_at.load(Ordering::Acquire);
         let cooled =
-            last == u64::MAX || now.saturating_sub(last) >= self.cooldown.as_millis() as u64;
-        cooled
+            asked == NEVER || now.saturating_sub(asked) >= self.cooldown.as_millis() as u64;
+        if cooled
             && self
-                .last_forced
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .asked_at
+                .compare_exchange(asked, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
+        {
+            self.wake.notify_one();
+            return Some(Wait {
+                completions,
+                deadline: self.deadline(now),
+            });
+        }
+        let asked = self.asked_at.load(Ordering::Acquire);
+        let deadline = self.deadline(asked);
+        (self.is_outstanding() && tokio::time::Instant::now() < deadline).then_some(Wait {
+            completions,
+            deadline,
+        })
     }
 
-    fn started(&self) {
-        self.in_flight.store(true, Ordering::Release);
-        self.pending.store(false, Ordering::Release);
+    /// For a token that arrives while the first fetch is still under way.
+    pub(crate) fn first_load(&self) -> Option<Wait> {
+        let completions = self.completed.subscribe();
+        let deadline = tokio::time::Instant::now() + EARLY_FETCH_WAIT;
+        let first_pending = *completions.borrow() == 0;
+        first_pending.then_some(Wait {
+            completions,
+            deadline,
+        })
     }
 
-    fn finished(&self) {
-        self.in_flight.store(false, Ordering::Release);
+    /// An early fetch was asked for and has not completed.
+    pub(crate) fn is_outstanding(&self) -> bool {
+        let asked = self.asked_at.load(Ordering::Acquire);
+        asked != NEVER && asked != self.served.load(Ordering::Acquire)
+    }
+
+    fn deadline(&self, asked: u64) -> tokio::time::Instant {
+        let at = self.epoch + Duration::from_millis(asked) + EARLY_FETCH_WAIT;
+        tokio::time::Instant::from_std(at)
+    }
+
+    /// Records a completed fetch; `early` is the `asked_at` it served.
+    fn completed(&self, early: Option<u64>) {
+        if let Some(asked) = early {
+            self.served.store(asked, Ordering::Release);
+        }
         self.completed.send_modify(|count| *count += 1);
     }
 }
@@ -119,9 +147,11 @@ impl Control {
     async fn refresh_loop(self, config: Arc<Compiled>, index: usize) {
         let provider = &config.providers[index];
         let name = &provider.config.name;
+        let refetch = &provider.refetch;
         let mut failures = 0u32;
+        // the `asked_at` of the early fetch this one serves, if it is one
+        let mut early = None;
         loop {
-            provider.refetch.started();
             let delay = match jwks::fetch(&self.http, &provider.config).await {
                 Ok(keys) => {
                     failures = 0;
@@ -138,12 +168,12 @@ impl Control {
                     retry
                 }
             };
-            provider.refetch.finished();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = provider.refetch.wake.notified() => {}
+            refetch.completed(early);
+            early = tokio::select! {
+                _ = tokio::time::sleep(delay) => None,
+                _ = refetch.wake.notified() => Some(refetch.asked_at.load(Ordering::Acquire)),
                 _ = self.shutdown.cancelled() => return,
-            }
+            };
         }
     }
 
@@ -176,20 +206,32 @@ fn backoff(failures: u32) -> Duration {
 mod tests {
     use super::*;
 
-    #[test]
-    fn early_fetches_respect_the_cooldown() {
+    #[tokio::test]
+    async fn early_fetches_respect_the_cooldown() {
         let refetch = Refetch::new(Duration::from_secs(60));
-        assert!(refetch.request().is_some(), "the first unknown kid may ask");
-        assert!(refetch.is_busy());
         assert!(
-            refetch.request().is_some(),
-            "while one is pending, others wait for it"
+            refetch.first_load().is_some(),
+            "before any fetch, wait for the first"
         );
-        refetch.started();
-        refetch.finished();
-        assert!(!refetch.is_busy());
+        refetch.completed(None);
+        assert!(refetch.first_load().is_none(), "after it, not again");
         assert!(
-            refetch.request().is_none(),
+            !refetch.is_outstanding(),
+            "periodic fetches are never waited for"
+        );
+
+        let first = refetch.early().expect("the first unknown kid may ask");
+        assert!(refetch.is_outstanding());
+        let joined = refetch.early().expect("a concurrent one joins it");
+        assert_eq!(
+            joined.deadline, first.deadline,
+            "and gives up at the same time"
+        );
+        let asked = refetch.asked_at.load(Ordering::Acquire);
+        refetch.completed(Some(asked));
+        assert!(!refetch.is_outstanding());
+        assert!(
+            refetch.early().is_none(),
             "within the cooldown: deny at once"
         );
     }

@@ -32,6 +32,7 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::Auth(AuthError::Missing) => "missing_token",
             Rejection::Auth(AuthError::Ambiguous) => "ambiguous_authorization",
+            Rejection::Auth(AuthError::UnsupportedScheme) => "unsupported_scheme",
             Rejection::Auth(AuthError::Invalid(reason)) => reason.code(),
             Rejection::Auth(AuthError::KeysUnavailable(_)) => "keys_unavailable",
             Rejection::Auth(AuthError::Insufficient { .. }) => "insufficient_claims",
@@ -47,6 +48,9 @@ impl Rejection {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             Rejection::Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Rejection::Auth(AuthError::UnsupportedScheme) => {
+                (StatusCode::UNAUTHORIZED, "invalid_request")
+            }
             Rejection::Auth(AuthError::Invalid(_)) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Rejection::Auth(AuthError::KeysUnavailable(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
@@ -89,7 +93,9 @@ impl Rejection {
     /// The RFC 6750 `WWW-Authenticate` challenge, for auth failures.
     fn challenge(&self) -> Option<HeaderValue> {
         let text = match self {
-            Rejection::Auth(AuthError::Missing) => format!("Bearer realm=\"{REALM}\""),
+            Rejection::Auth(AuthError::Missing | AuthError::UnsupportedScheme) => {
+                format!("Bearer realm=\"{REALM}\"")
+            }
             Rejection::Auth(AuthError::Ambiguous) => {
                 format!("Bearer realm=\"{REALM}\", error=\"invalid_request\"")
             }

@@ -129,7 +129,25 @@ pub(crate) fn claim_header_value(value: &Value) -> Option<HeaderValue> {
     HeaderValue::from_bytes(text.as_bytes()).ok()
 }
 
-/// Sets `X-Forwarded-For` (appending the peer), `-Proto` and `-Host`.
+/// Joins several `Cookie` fields into one, as HTTP/1.1 upstreams expect
+/// (HTTP/2 clients may send one field per cookie, RFC 9113 §8.2.3).
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Sets `X-Forwarded-For` (appending the peer), `-Proto` and `-Host`, and
+/// drops a client's `Forwarded`, which would contradict them.
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
@@ -149,6 +167,7 @@ pub(crate) fn set_forwarded(
     if let Ok(value) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, value);
     }
+    headers.remove(header::FORWARDED);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
@@ -220,10 +239,19 @@ mod tests {
     }
 
     #[test]
+    fn joins_cookie_fields() {
+        let mut headers = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(headers["cookie"], "a=1; b=2; c=3");
+    }
+
+    #[test]
     fn appends_the_peer_to_x_forwarded_for() {
         let mut headers = map(&[
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
+            ("forwarded", "for=1.2.3.4"),
         ]);
         let host = HeaderValue::from_static("api.example.com");
         set_forwarded(
@@ -235,5 +263,6 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "api.example.com");
+        assert!(headers.get("forwarded").is_none());
     }
 }

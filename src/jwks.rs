@@ -81,14 +81,15 @@ pub(crate) enum JwksError {
 }
 
 /// The HTTP client for key fetches: bounded in time, and redirects may not
-/// leave the host we were told to trust.
+/// leave the host we were told to trust, nor drop from https to http.
 pub(crate) fn http_client() -> reqwest::Client {
     let same_host = reqwest::redirect::Policy::custom(|attempt| {
-        let first_host = attempt
-            .previous()
-            .first()
-            .and_then(|url| url.host_str().map(str::to_owned));
-        if attempt.previous().len() > 3 || attempt.url().host_str() != first_host.as_deref() {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.stop();
+        };
+        let next = attempt.url();
+        let downgrade = first.scheme() == "https" && next.scheme() != "https";
+        if attempt.previous().len() > 3 || next.host_str() != first.host_str() || downgrade {
             attempt.stop()
         } else {
             attempt.follow()
@@ -258,6 +259,11 @@ mod tests {
         .remove(0)
     }
 
+    fn with(mut jwk: serde_json::Value, member: &str, value: &str) -> serde_json::Value {
+        jwk[member] = json!(value);
+        jwk
+    }
+
     fn rsa_jwk(kid: &str, bytes: usize) -> serde_json::Value {
         let mut modulus = vec![0xC5u8; bytes];
         modulus[bytes - 1] = 0x01;
@@ -269,20 +275,25 @@ mod tests {
         let document = json!({"keys": [
             {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
             rsa_jwk("short", 128),
-            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
-            {"kty": "RSA", "kid": "hs", "alg": "HS256", "n": "AQAB", "e": "AQAB"},
+            with(rsa_jwk("enc", 256), "use", "enc"),
+            with(rsa_jwk("hs", 256), "alg", "HS256"),
+            with(rsa_jwk("rs512", 256), "alg", "RS512"),
+            with(with(rsa_jwk("sig", 256), "use", "sig"), "alg", "RS256"),
             {"kty": "RSA", "kid": "broken"},
             "not even an object",
             rsa_jwk("good", 256),
         ]});
         let set = parse(document.to_string().as_bytes(), &provider()).unwrap();
-        assert_eq!(set.kids().collect::<Vec<_>>(), ["good"]);
+        assert_eq!(set.kids().collect::<Vec<_>>(), ["sig", "good"]);
         assert!(set.find(Some("good")).is_some());
         assert!(set.find(Some("short")).is_none());
-        assert!(
-            set.find(None).is_some(),
-            "a kid-less token may use the only key"
-        );
+    }
+
+    #[test]
+    fn a_kidless_token_may_use_a_lone_key() {
+        let document = json!({"keys": [rsa_jwk("only", 256)]});
+        let set = parse(document.to_string().as_bytes(), &provider()).unwrap();
+        assert!(set.find(None).is_some());
     }
 
     #[test]
@@ -302,5 +313,89 @@ mod tests {
         ] {
             assert!(parse(body.as_bytes(), &provider()).is_err(), "{body}");
         }
+    }
+
+    fn provider_at(jwks_url: &str) -> ProviderConfig {
+        ProviderConfig {
+            jwks_url: jwks_url.parse().unwrap(),
+            ..provider()
+        }
+    }
+
+    /// An HTTP server on 127.0.0.1 answering each request head with
+    /// `respond(port, head)` and closing the connection.
+    async fn serve(respond: impl Fn(u16, &str) -> Vec<u8> + Send + Sync + 'static) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let respond = std::sync::Arc::new(respond);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    let (mut buf, mut head) = (vec![0u8; 8192], Vec::new());
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let reply = respond(port, &String::from_utf8_lossy(&head));
+                    let _ = stream.write_all(&reply).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_streamed_document_over_the_cap_is_refused() {
+        let body =
+            json!({"keys": [rsa_jwk("k", 256)], "pad": "x".repeat(MAX_JWKS_BYTES)}).to_string();
+        let port = serve(move |_, _| {
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+            let mut reply = format!("{head}{:x}\r\n", body.len()).into_bytes();
+            reply.extend_from_slice(body.as_bytes());
+            reply.extend_from_slice(b"\r\n0\r\n\r\n");
+            reply
+        })
+        .await;
+        let provider = provider_at(&format!("http://127.0.0.1:{port}/jwks"));
+        let result = fetch(&http_client(), &provider).await;
+        assert!(
+            matches!(result, Err(JwksError::TooLarge)),
+            "{:?}",
+            result.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn redirects_may_not_leave_the_jwks_host() {
+        let jwks = json!({"keys": [rsa_jwk("k", 256)]}).to_string();
+        let port = serve(move |port, head| {
+            let to = |host: &str| {
+                format!("HTTP/1.1 302 Found\r\nlocation: http://{host}:{port}/jwks\r\ncontent-length: 0\r\n\r\n")
+            };
+            let reply = if head.starts_with("GET /same ") {
+                to("127.0.0.1")
+            } else if head.starts_with("GET /other ") {
+                to("localhost")
+            } else {
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{jwks}", jwks.len())
+            };
+            reply.into_bytes()
+        })
+        .await;
+        let client = http_client();
+        let at = |path: &str| provider_at(&format!("http://127.0.0.1:{port}{path}"));
+        assert!(
+            fetch(&client, &at("/same")).await.is_ok(),
+            "a same-host redirect is followed"
+        );
+        assert!(
+            fetch(&client, &at("/other")).await.is_err(),
+            "a cross-host redirect is not"
+        );
     }
 }

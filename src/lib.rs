@@ -17,6 +17,7 @@ pub mod dev;
 mod error;
 mod headers;
 mod jwks;
+mod path;
 mod proxy;
 mod route;
 mod server;

@@ -5,6 +5,7 @@
 //! `handle` is the one outer handler: it loads the live snapshot once, runs
 //! the steps, turns any refusal into its response and logs one line.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +20,7 @@ use crate::auth::{self, Identity};
 use crate::config::RouteConfig;
 use crate::error::Rejection;
 use crate::headers;
-use crate::route;
+use crate::path;
 use crate::state::{SharedState, Snapshot};
 use crate::upstream::{self, UpstreamClient};
 
@@ -49,9 +50,9 @@ impl Proxy {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let matched = match_route(&snapshot, &request);
-        let route_name = matched.as_ref().ok().map(|(route, _)| route.name.clone());
+        let route_name = matched.as_ref().ok().map(|m| m.route.name.clone());
         let outcome = match matched {
-            Ok((route, host)) => self.pass(&snapshot, route, host, request, connection).await,
+            Ok(matched) => self.pass(&snapshot, matched, request, connection).await,
             Err(rejection) => Err(rejection),
         };
         let (response, denial) = match outcome {
@@ -83,11 +84,11 @@ impl Proxy {
     async fn pass(
         &self,
         snapshot: &Snapshot,
-        route: &RouteConfig,
-        host: Option<HeaderValue>,
+        matched: Matched<'_>,
         mut request: Request<Incoming>,
         connection: Connection,
     ) -> Result<Response<Incoming>, Rejection> {
+        let route = matched.route;
         headers::sanitize_request(request.headers_mut(), &snapshot.config.identity_headers);
         let identity = auth::authenticate(route, request.headers(), snapshot, &self.state).await?;
         auth::authorize(route, identity.as_ref())?;
@@ -99,9 +100,9 @@ impl Proxy {
             request.headers_mut(),
             connection.peer.ip(),
             proto,
-            host.as_ref(),
+            matched.authority.as_ref(),
         );
-        let request = to_upstream(request, route, host)?;
+        let request = to_upstream(request, &matched)?;
         let mut response = self
             .upstream
             .forward(request, route.upstream_timeout)
@@ -111,20 +112,36 @@ impl Proxy {
     }
 }
 
-/// The route for a request, and the authority it was addressed to.
+/// Where a request goes, and what it was addressed to.
+struct Matched<'a> {
+    route: &'a RouteConfig,
+    authority: Option<HeaderValue>,
+    /// The canonical path, when it differs from the request's.
+    canonical_path: Option<String>,
+}
+
+/// The route for a request, matched on its canonical path and host.
 fn match_route<'a>(
     snapshot: &'a Snapshot,
     request: &Request<Incoming>,
-) -> Result<(&'a RouteConfig, Option<HeaderValue>), Rejection> {
+) -> Result<Matched<'a>, Rejection> {
     let authority = authority(request)?;
-    route::check_path(request.uri().path()).map_err(Rejection::BadRequest)?;
+    let path = path::canonicalize(request.uri().path()).map_err(Rejection::BadRequest)?;
     let host = authority.as_ref().and_then(host_name);
     let route = snapshot
         .config
         .routes
-        .find(host.as_deref(), request.uri().path(), request.method())
+        .find(host.as_deref(), &path, request.method())
         .ok_or(Rejection::NoRoute)?;
-    Ok((route, authority))
+    let canonical_path = match path {
+        Cow::Owned(path) => Some(path),
+        Cow::Borrowed(_) => None,
+    };
+    Ok(Matched {
+        route,
+        authority,
+        canonical_path,
+    })
 }
 
 /// The request's authority: the HTTP/2 `:authority` or absolute-form
@@ -143,10 +160,11 @@ fn authority(request: &Request<Incoming>) -> Result<Option<HeaderValue>, Rejecti
     Ok(host)
 }
 
-/// The host part of an authority, lowercase and without port, for matching.
+/// The host part of an authority for matching: lowercase, without port or
+/// the trailing dot of a fully qualified name.
 fn host_name(authority: &HeaderValue) -> Option<String> {
     let authority: http::uri::Authority = authority.to_str().ok()?.parse().ok()?;
-    Some(authority.host().to_ascii_lowercase())
+    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// Sets the route's identity headers from verified claims; drops the token
@@ -171,21 +189,26 @@ fn inject_identity(
     Ok(())
 }
 
-/// Points the request at the route's upstream, keeping the path and query
-/// exactly as matched and the client's `Host`.
+/// Points the request at the route's upstream with the canonical path (the
+/// one that was matched) and the query as sent.
 fn to_upstream(
     mut request: Request<Incoming>,
-    route: &RouteConfig,
-    host: Option<HeaderValue>,
+    matched: &Matched<'_>,
 ) -> Result<Request<Incoming>, Rejection> {
-    let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    *request.uri_mut() = upstream::target(&route.upstream, path_and_query)
+    let route = matched.route;
+    let uri = request.uri();
+    let path = matched.canonical_path.as_deref().unwrap_or(uri.path());
+    *request.uri_mut() = upstream::target(&route.upstream, path, uri.query())
         .ok_or(Rejection::BadRequest("invalid request target"))?;
     // the pool picks HTTP/1.1 or HTTP/2 per upstream, whatever the client spoke
     *request.version_mut() = Version::HTTP_11;
-    if let Some(host) = host {
-        request.headers_mut().insert(HOST, host);
-    }
+    let headers = request.headers_mut();
+    headers::join_cookies(headers);
+    match (&matched.authority, route.preserve_host) {
+        (Some(host), true) => headers.insert(HOST, host.clone()),
+        // the client sets Host from the upstream URI
+        _ => headers.remove(HOST),
+    };
     Ok(request)
 }
 

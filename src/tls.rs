@@ -19,12 +19,7 @@ pub(crate) fn server_config(
     let Some(files) = &config.server.tls else {
         return Ok(None);
     };
-    let error = |key: &str, reason: String| ConfigError {
-        file: config.origin.clone(),
-        line: None,
-        key: Some(format!("server.{key}")),
-        reason,
-    };
+    let error = |key: &str, reason: String| config.error(&format!("server.{key}"), reason);
     let TlsFiles { cert, key } = files;
     let chain = certificates(cert).map_err(|reason| error("tls_cert", reason))?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| {

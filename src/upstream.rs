@@ -66,17 +66,21 @@ impl UpstreamClient {
     }
 }
 
-/// The upstream URI for a request: base URL + the request's path and query.
-pub(crate) fn target(upstream: &Upstream, path_and_query: &str) -> Option<Uri> {
-    let path_and_query = if upstream.base_path.is_empty() {
-        PathAndQuery::try_from(path_and_query).ok()?
-    } else {
-        PathAndQuery::try_from(format!("{}{path_and_query}", upstream.base_path)).ok()?
-    };
+/// The upstream URI for a request: base URL + path + query as sent.
+pub(crate) fn target(upstream: &Upstream, path: &str, query: Option<&str>) -> Option<Uri> {
+    let mut path_and_query = String::with_capacity(
+        upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    path_and_query.push_str(&upstream.base_path);
+    path_and_query.push_str(path);
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
     Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
+        .path_and_query(PathAndQuery::try_from(path_and_query).ok()?)
         .build()
         .ok()
 }
@@ -110,13 +114,11 @@ mod tests {
             authority: "orders:8080".parse().unwrap(),
             base_path: base.to_owned(),
         };
-        assert_eq!(
-            target(&upstream(""), "/orders/1?x=1").unwrap(),
-            "http://orders:8080/orders/1?x=1"
-        );
-        assert_eq!(
-            target(&upstream("/api"), "/orders").unwrap(),
-            "http://orders:8080/api/orders"
-        );
+        let with_query = target(&upstream(""), "/orders/1", Some("x=1")).unwrap();
+        assert_eq!(with_query, "http://orders:8080/orders/1?x=1");
+        let with_base = target(&upstream("/api"), "/orders", None).unwrap();
+        assert_eq!(with_base, "http://orders:8080/api/orders");
+        let empty_query = target(&upstream(""), "/", Some("")).unwrap();
+        assert_eq!(empty_query, "http://orders:8080/?");
     }
 }

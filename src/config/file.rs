@@ -59,6 +59,7 @@ pub(crate) struct RouteFile {
     #[serde(default)]
     pub(crate) inject_headers: BTreeMap<String, String>,
     pub(crate) forward_token: Option<bool>,
+    pub(crate) preserve_host: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) upstream_timeout: Option<Duration>,
 }
@@ -87,7 +88,7 @@ impl AuthMode {
 
 /// `roles = "admin"` and `roles = ["admin"]` mean the same.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or a list of strings")]
 pub(crate) enum OneOrMany {
     One(String),
     Many(Vec<String>),

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+#[derive(Debug)]
 pub(crate) struct KeyLines {
     /// (1-based line, key path), in file order.
     entries: Vec<(usize, String)>,

@@ -11,6 +11,7 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -29,6 +30,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// In match order: most specific first.
     pub routes: Vec<RouteConfig>,
+    /// Where each key was written, for errors found after validation.
+    lines: Arc<KeyLines>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +71,8 @@ pub struct RouteConfig {
     /// Header name -> claim name.
     pub inject_headers: Vec<(HeaderName, String)>,
     pub forward_token: bool,
+    /// Send the client's `Host` upstream (else the upstream's own).
+    pub preserve_host: bool,
     pub upstream_timeout: Duration,
 }
 
@@ -175,12 +180,25 @@ impl Config {
             }
         })?;
         adjust(&mut file);
-        validate::config(file, origin).map_err(|Invalid { key, reason }| ConfigError {
-            file: origin.to_owned(),
-            line: lines.line_of(&key),
-            key: Some(key),
-            reason,
+        let lines = Arc::new(lines);
+        validate::config(file, origin, lines.clone()).map_err(|Invalid { key, reason }| {
+            ConfigError {
+                file: origin.to_owned(),
+                line: lines.line_of(&key),
+                key: Some(key),
+                reason,
+            }
         })
+    }
+
+    /// An error about `key` found after validation (TLS files, say).
+    pub(crate) fn error(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError {
+            file: self.origin.clone(),
+            line: self.lines.line_of(key),
+            key: Some(key.to_owned()),
+            reason,
+        }
     }
 
     /// A human summary of what was understood, routes in match order.
@@ -313,10 +331,10 @@ audiences = ["api"]
             (
                 format!(
                     "{}{}",
-                    route("methods = [\"GET\"]"),
-                    route("methods = [\"get\", \"POST\"]").replace("\"r\"", "\"s\"")
+                    route("methods = [\"GET\", \"POST\"]"),
+                    route("methods = [\"post\"]").replace("\"r\"", "\"s\"")
                 ),
-                "routes[1].path: same host, path and methods as routes[0] (\"r\")",
+                "routes[1].path: routes[0] (\"r\") has the same host and path and takes all its methods",
             ),
             (
                 String::new(),
@@ -328,6 +346,45 @@ audiences = ["api"]
             assert!(
                 message.contains(expected),
                 "wanted {expected:?}, got {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_that_could_still_match_is_accepted() {
+        let named = |name: &str, extra: &str| route(extra).replace("\"r\"", &format!("{name:?}"));
+        let accepted = [
+            format!(
+                "{}{}",
+                named("a", "methods = [\"GET\"]"),
+                named("b", "methods = [\"POST\"]")
+            ),
+            format!("{}{}", named("a", "methods = [\"GET\"]"), named("b", "")),
+            format!("{}{}", named("a", ""), named("b", "host = \"api.test\"")),
+        ];
+        for routes in accepted {
+            assert_eq!(error(&routes), "", "{routes}");
+        }
+    }
+
+    #[test]
+    fn managed_headers_cannot_carry_claims() {
+        for name in [
+            "authorization",
+            "Cookie",
+            "content-length",
+            "x-forwarded-for",
+            "host",
+            "connection",
+            "transfer-encoding",
+            "forwarded",
+        ] {
+            let message = error(&route(&format!(
+                "inject_headers = {{ \"{name}\" = \"sub\" }}"
+            )));
+            assert!(
+                message.contains("managed by the proxy"),
+                "{name}: {message}"
             );
         }
     }

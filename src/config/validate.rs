@@ -10,8 +10,13 @@ use http::{HeaderName, Method, Uri};
 use super::file::{ConfigFile, ProviderFile, RouteFile, ServerFile};
 use super::*;
 use crate::headers;
+use std::sync::Arc;
 
-pub(super) fn config(file: ConfigFile, origin: &str) -> Result<Config, Invalid> {
+pub(super) fn config(
+    file: ConfigFile,
+    origin: &str,
+    lines: Arc<KeyLines>,
+) -> Result<Config, Invalid> {
     let server = server(file.server)?;
     let providers: Vec<ProviderConfig> = file
         .providers
@@ -39,6 +44,7 @@ pub(super) fn config(file: ConfigFile, origin: &str) -> Result<Config, Invalid> 
         server,
         providers,
         routes: in_match_order(routes),
+        lines,
     })
 }
 
@@ -213,6 +219,7 @@ fn route(i: usize, file: RouteFile, has_providers: bool) -> Result<RouteConfig, 
         require_claims,
         inject_headers,
         forward_token: file.forward_token.unwrap_or(false),
+        preserve_host: file.preserve_host.unwrap_or(true),
         upstream_timeout: positive(
             &key("upstream_timeout"),
             file.upstream_timeout,
@@ -342,19 +349,21 @@ fn positive(key: &str, value: Option<Duration>, default: Duration) -> Result<Dur
     }
 }
 
-/// Refuses a route that an earlier one with the same host and path always wins over.
+/// Refuses a route that an earlier one with the same host and path always
+/// wins over: one whose every method the earlier route already takes.
 fn check_reachable(routes: &[RouteConfig]) -> Result<(), Invalid> {
     for (j, later) in routes.iter().enumerate() {
         for (i, earlier) in routes[..j].iter().enumerate() {
-            let overlap = match (&earlier.methods, &later.methods) {
-                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
-                _ => true,
+            let covered = match (&earlier.methods, &later.methods) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(taken), Some(wanted)) => wanted.iter().all(|m| taken.contains(m)),
             };
-            if earlier.host == later.host && earlier.path == later.path && overlap {
+            if covered && earlier.host == later.host && earlier.path == later.path {
                 return Err(invalid(
                     format!("routes[{j}].path"),
                     format!(
-                        "same host, path and methods as routes[{i}] ({:?}): it could never match",
+                        "routes[{i}] ({:?}) has the same host and path and takes all its methods: it could never match",
                         earlier.name
                     ),
                 ));

@@ -3,7 +3,7 @@
 //! Dev mode runs one; the tests run one each, and rotate its keys.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -95,12 +95,16 @@ pub fn now() -> u64 {
 /// A running identity provider.
 pub struct IdentityProvider {
     addr: SocketAddr,
-    issuer: String,
-    audience: String,
-    signer: Arc<SigningKey>,
-    document: Arc<Mutex<Value>>,
-    fetches: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     stop: CancellationToken,
+}
+
+/// What the server task and the handle share.
+struct Shared {
+    minter: Minter,
+    document: Mutex<Value>,
+    fetches: AtomicUsize,
+    stalled: AtomicBool,
 }
 
 impl IdentityProvider {
@@ -115,19 +119,21 @@ impl IdentityProvider {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let idp = IdentityProvider {
-            addr,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            document: Arc::new(Mutex::new(json!({"keys": [signer.jwk()]}))),
-            signer,
-            fetches: Arc::default(),
-            stop: CancellationToken::new(),
-        };
-        let handler = idp.handler();
-        let handler = move |request| std::future::ready(handler(request));
-        tokio::spawn(serve_http(listener, idp.stop.clone(), handler));
-        idp
+        let shared = Arc::new(Shared {
+            document: Mutex::new(json!({"keys": [signer.jwk()]})),
+            minter: Minter {
+                issuer: issuer.to_owned(),
+                audience: audience.to_owned(),
+                signer,
+            },
+            fetches: AtomicUsize::new(0),
+            stalled: AtomicBool::new(false),
+        });
+        let stop = CancellationToken::new();
+        let handler_state = shared.clone();
+        let handler = move |request| respond(handler_state.clone(), request);
+        tokio::spawn(serve_http(listener, stop.clone(), handler));
+        IdentityProvider { addr, shared, stop }
     }
 
     /// Binds a free loopback port and serves there.
@@ -138,38 +144,6 @@ impl IdentityProvider {
     ) -> std::io::Result<IdentityProvider> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         Ok(IdentityProvider::serve(listener, issuer, audience, signer))
-    }
-
-    fn handler(
-        &self,
-    ) -> impl Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static {
-        let (document, fetches, minter) =
-            (self.document.clone(), self.fetches.clone(), self.minter());
-        move |request: Request<Incoming>| match request.uri().path() {
-            "/.well-known/jwks.json" => {
-                fetches.fetch_add(1, Ordering::SeqCst);
-                let document = document.lock().map(|d| d.clone()).unwrap_or_default();
-                json_response(StatusCode::OK, &document)
-            }
-            "/token" => {
-                let query = request.uri().query().unwrap_or_default();
-                let mut response =
-                    Response::new(Full::new(Bytes::from(minter.token_for_query(query))));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                response
-            }
-            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
-        }
-    }
-
-    fn minter(&self) -> Minter {
-        Minter {
-            issuer: self.issuer.clone(),
-            audience: self.audience.clone(),
-            signer: self.signer.clone(),
-        }
     }
 
     pub fn jwks_url(&self) -> String {
@@ -187,19 +161,24 @@ impl IdentityProvider {
 
     /// Replaces the served JWKS document with anything at all.
     pub fn publish_document(&self, document: Value) {
-        if let Ok(mut current) = self.document.lock() {
+        if let Ok(mut current) = self.shared.document.lock() {
             *current = document;
         }
     }
 
-    /// How many times the JWKS was fetched.
+    /// While stalled, JWKS requests are accepted and never answered.
+    pub fn stall(&self, stalled: bool) {
+        self.shared.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// How many times the JWKS was asked for.
     pub fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
+        self.shared.fetches.load(Ordering::SeqCst)
     }
 
     /// A token for `sub` with `roles`, valid for `lifetime`.
     pub fn token(&self, sub: &str, roles: &[&str], lifetime: Duration) -> String {
-        self.minter().token(sub, roles, lifetime)
+        self.shared.minter.token(sub, roles, lifetime)
     }
 
     /// Stops serving and drops every open connection.
@@ -214,7 +193,33 @@ impl Drop for IdentityProvider {
     }
 }
 
-#[derive(Clone)]
+async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/.well-known/jwks.json" => {
+            shared.fetches.fetch_add(1, Ordering::SeqCst);
+            if shared.stalled.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            let document = shared
+                .document
+                .lock()
+                .map(|d| d.clone())
+                .unwrap_or_default();
+            json_response(StatusCode::OK, &document)
+        }
+        "/token" => {
+            let query = request.uri().query().unwrap_or_default();
+            let token = shared.minter.token_for_query(query);
+            let mut response = Response::new(Full::new(Bytes::from(token)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+    }
+}
+
 struct Minter {
     issuer: String,
     audience: String,

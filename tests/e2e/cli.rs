@@ -153,6 +153,32 @@ async fn check_names_the_file_key_line_and_reason_of_an_error() {
 }
 
 #[tokio::test]
+async fn check_warns_about_keys_fetched_over_plain_http() {
+    let dir = workdir(&GOOD.replace(
+        "https://idp.example.com/.well-known",
+        "http://idp.example.com/.well-known",
+    ));
+    let output = portcullis(&["check", "--config", "portcullis.toml"], dir.path()).await;
+    assert!(output.status.success());
+    assert!(
+        text(&output.stderr).contains("JWKS is fetched over plain http"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let dir = workdir(&GOOD.replace(
+        "https://idp.example.com/.well-known",
+        "http://127.0.0.1:9/.well-known",
+    ));
+    let output = portcullis(&["check", "--config", "portcullis.toml"], dir.path()).await;
+    assert!(output.status.success());
+    assert!(
+        !text(&output.stderr).contains("plain http"),
+        "loopback needs no warning"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_config_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let output = portcullis(&["check"], dir.path()).await;

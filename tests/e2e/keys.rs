@@ -2,7 +2,7 @@
 //! provider misbehaves.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis::dev::{IdentityProvider, SigningKey};
 use serde_json::json;
@@ -108,6 +108,56 @@ async fn the_last_keys_keep_working_while_the_identity_provider_is_down() {
     // an unknown kid cannot be fetched: refused, not hung
     let stranger = SigningKey::generate("k9").sign(&stack.claims(json!({})));
     assert_eq!(stack.get_with_token("/orders", &stranger).await.status, 401);
+}
+
+#[tokio::test]
+async fn a_stalled_identity_provider_never_holds_requests_for_long() {
+    let stack = Stack::with(refreshing_every("100ms")).await;
+    let token = stack.token(json!({}));
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+    stack.idp.stall(true);
+    let before = stack.idp.fetches();
+    fetched(&stack, before + 1).await; // a periodic fetch now hangs
+
+    let started = Instant::now();
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a known key waited for a periodic fetch"
+    );
+
+    let unknown = |kid: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(kid.into());
+        stack.key.sign_with(&header, &stack.claims(json!({})))
+    };
+    let started = Instant::now();
+    assert_eq!(
+        stack
+            .get_with_token("/orders", &unknown("new-1"))
+            .await
+            .status,
+        401
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "an unknown kid waited {waited:?}"
+    );
+
+    let started = Instant::now();
+    assert_eq!(
+        stack
+            .get_with_token("/orders", &unknown("new-2"))
+            .await
+            .status,
+        401
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "within the cooldown, no second wait"
+    );
+    assert_eq!(stack.echo.requests(), 2);
 }
 
 #[tokio::test]

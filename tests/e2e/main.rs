@@ -5,5 +5,6 @@ mod cli;
 mod identity;
 mod keys;
 mod proxying;
+mod streaming;
 mod support;
 mod tokens;

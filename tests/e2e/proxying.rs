@@ -144,19 +144,97 @@ async fn path_and_query_are_forwarded_exactly() {
 }
 
 #[tokio::test]
-async fn ambiguous_paths_are_refused_before_routing() {
+async fn paths_are_matched_and_forwarded_in_canonical_form() {
     let stack = Stack::start().await;
+    // each spelling reaches /orders (so it needs a token), whatever route
+    // its raw text seems to name
     for path in [
         "/public/../orders",
+        "//orders",
+        "/%6Frders/1",
+        "/public/./../orders/",
+        "/x/%2E%2E",
+    ] {
+        let reply = stack.get(path, &[]).await;
+        let expected = if path == "/x/%2E%2E" { 400 } else { 401 };
+        assert_eq!(reply.status, expected, "{path}");
+    }
+    let token = stack.token(json!({}));
+    let cases = [
+        ("/public/../orders/1?q=%2F", "/orders/1?q=%2F"),
+        ("//orders///a/./b/../c", "/orders/a/c"),
+        ("/%6Frders/%7e%c3%a9", "/orders/~%C3%A9"),
+    ];
+    for (sent, seen) in cases {
+        let reply = stack.get_with_token(sent, &token).await;
+        assert_eq!(reply.status, 200, "{sent}");
+        assert_eq!(reply.json()["path"], seen, "{sent}");
+    }
+}
+
+#[tokio::test]
+async fn paths_that_could_mean_something_else_are_refused() {
+    let stack = Stack::start().await;
+    for path in [
         "/public/%2e%2e/orders",
         "/public%2Forders",
-        "/public/./x",
+        "/public/%5C/x",
+        "/public/a%00",
+        "/public/%zz",
     ] {
         let reply = stack.get(path, &[]).await;
         assert_eq!(reply.status, 400, "{path}");
         assert_eq!(reply.json()["error"], "invalid_request");
     }
+    let host = format!("Host: localhost:{}", stack.addr.port());
+    let raw = stack
+        .raw(&[
+            "GET /public\\..\\orders HTTP/1.1",
+            &host,
+            "Connection: close",
+        ])
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert_eq!(stack.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn two_host_headers_are_refused() {
+    let stack = Stack::start().await;
+    let host = format!("Host: localhost:{}", stack.addr.port());
+    let raw = stack
+        .raw(&[
+            "GET /public HTTP/1.1",
+            &host,
+            "Host: evil.example",
+            "Connection: close",
+        ])
+        .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(raw.contains("invalid_request"), "{raw}");
+    assert_eq!(stack.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn host_routes_match_a_fully_qualified_name() {
+    let routes = r#"
+[[routes]]
+name = "api"
+path = "/"
+host = "localhost"
+upstream = "{upstream}/api"
+auth = "public"
+"#;
+    let stack = Stack::with(Options {
+        routes: routes.into(),
+        ..Options::default()
+    })
+    .await;
+    for host in ["localhost", "LocalHost.", "localhost.:443"] {
+        let reply = stack.get("/x", &[("host", host)]).await;
+        assert_eq!(reply.status, 200, "{host}");
+        assert_eq!(reply.json()["path"], "/api/x");
+    }
 }
 
 #[tokio::test]
@@ -210,6 +288,42 @@ async fn http2_is_served_through_alpn() {
         .unwrap();
     assert_eq!(support::send(&client, unauthenticated).await.status, 401);
     assert_eq!(stack.echo.requests(), 1);
+}
+
+#[tokio::test]
+async fn http2_cookies_reach_http1_upstreams_as_one_header() {
+    let stack = Stack::start().await;
+    let client = support::client(&stack.cert, Version::HTTP_2);
+    let request = Request::get(stack.url("/public"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("x_user_id", "mallory")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = support::send(&client, request).await;
+    assert_eq!(reply.version, Version::HTTP_2);
+    assert_eq!(reply.upstream_header("cookie"), Some(json!("a=1; b=2")));
+    assert_eq!(
+        reply.upstream_header("x_user_id"),
+        None,
+        "spoofing over HTTP/2 is stripped too"
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_host_is_sent_when_the_route_does_not_preserve_it() {
+    let stack = Stack::with(routes_to("{upstream}", "preserve_host = false")).await;
+    let reply = stack.get("/x", &[]).await;
+    let upstream_authority = stack.echo.url().trim_start_matches("http://").to_owned();
+    assert_eq!(
+        reply.upstream_header("host"),
+        Some(json!(upstream_authority))
+    );
+    let client_host = format!("localhost:{}", stack.addr.port());
+    assert_eq!(
+        reply.upstream_header("x-forwarded-host"),
+        Some(json!(client_host))
+    );
 }
 
 #[tokio::test]
@@ -274,6 +388,21 @@ async fn an_unreachable_upstream_is_502() {
         !String::from_utf8_lossy(&reply.body).contains(&closed.to_string()),
         "no internals leak"
     );
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_without_answering_is_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let stack = Stack::with(routes_to(&format!("http://{addr}"), "")).await;
+    let reply = stack.get("/x", &[]).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.json()["error"], "bad_gateway");
 }
 
 #[tokio::test]

@@ -244,10 +244,12 @@ impl Reply {
     }
 }
 
-pub fn client(
-    root: &PathBuf,
-    version: Version,
-) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+pub fn client<B>(root: &PathBuf, version: Version) -> Client<HttpsConnector<HttpConnector>, B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(root))
         .https_or_http();

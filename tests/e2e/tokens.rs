@@ -62,16 +62,34 @@ async fn a_valid_token_passes_and_its_identity_reaches_the_upstream() {
 #[tokio::test]
 async fn a_request_without_a_token_gets_a_bearer_challenge() {
     let stack = Stack::start().await;
-    for headers in [vec![], vec![("authorization", "Basic YWxpY2U6c2VjcmV0")]] {
-        let reply = stack.get("/orders", &headers).await;
-        assert_eq!(reply.status, 401);
+    let reply = stack.get("/orders", &[]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        "Bearer realm=\"portcullis\""
+    );
+    assert_eq!(reply.json()["error"], "unauthorized");
+    for other in ["Basic YWxpY2U6c2VjcmV0", "Token abc", "Bearerabc"] {
+        let reply = stack.get("/orders", &[("authorization", other)]).await;
+        assert_eq!(reply.status, 401, "{other}");
         assert_eq!(
             reply.header("www-authenticate"),
             "Bearer realm=\"portcullis\""
         );
-        assert_eq!(reply.json()["error"], "unauthorized");
+        assert_eq!(reply.json()["error"], "invalid_request");
     }
     assert_eq!(stack.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn clock_skew_within_the_leeway_is_tolerated() {
+    let stack = Stack::start().await;
+    for changes in [json!({"exp": now() - 10}), json!({"nbf": now() + 10})] {
+        let reply = stack
+            .get_with_token("/orders", &stack.token(changes.clone()))
+            .await;
+        assert_eq!(reply.status, 200, "{changes}");
+    }
 }
 
 #[tokio::test]
@@ -300,6 +318,18 @@ async fn optional_routes_pass_anonymous_requests_but_not_bad_tokens() {
 
     let expired = stack.token(json!({"exp": now() - 3600}));
     assert_refused_on(&stack, "/maybe", &expired).await;
+    // a bad credential is refused, not passed on as anonymous
+    assert_refused_on(&stack, "/maybe", "").await;
+    for header in [
+        format!("Bearer\t{expired}"),
+        format!("Token {expired}"),
+        "Basic YTpi".into(),
+    ] {
+        let before = stack.echo.requests();
+        let reply = stack.get("/maybe", &[("authorization", &header)]).await;
+        assert_eq!(reply.status, 401, "{header}");
+        assert_eq!(stack.echo.requests(), before, "{header}");
+    }
 }
 
 async fn assert_refused_on(stack: &Stack, path: &str, token: &str) {
