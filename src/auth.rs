@@ -1,31 +1,28 @@
-//! Bearer token -> verified `Identity`, then the route's claim requirements.
+//! Token -> verified `Identity`, then the route's claim requirements.
 //!
-//! Fail closed: any doubt about a token (no key for it, keys not loaded,
-//! a claim of the wrong type, a parse error) is a denial. The algorithm is
-//! the one pinned to the key when the key set was built, never the one a
-//! token names, so `alg: none` and HS256-signed-with-the-public-key fail.
+//! Fail closed: any doubt about a token (no key for it, keys not loaded or
+//! stale, a claim of the wrong type, a parse error) is a denial. The
+//! token's `iss` picks the one provider whose keys are tried; the algorithm
+//! is the one pinned to the key, never the one a token names.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
-use http::header::AUTHORIZATION;
-use jsonwebtoken::errors::ErrorKind;
+use http::header::{AUTHORIZATION, COOKIE};
 use serde_json::{Map, Value};
 
-use crate::config::{AuthMode, ClaimRequirement, RouteConfig};
-use crate::control::Wait;
-use crate::jwks::KeySet;
+use crate::config::{AuthMode, ClaimRequirement, RouteConfig, TokenSource};
+use crate::keys::KeySet;
+use crate::refetch::Wait;
 use crate::state::{SharedState, Snapshot};
+use crate::token::{self, Reason};
 
-/// Larger tokens are refused before any decoding work.
-pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
-
-/// The verified claims of a token.
+/// The verified claims of a token, and where the token was found.
 #[derive(Debug)]
 pub(crate) struct Identity {
     claims: Map<String, Value>,
+    pub(crate) source: TokenSource,
 }
 
 impl Identity {
@@ -41,82 +38,37 @@ impl Identity {
     }
 }
 
-/// Why a token was refused; `code` is stable for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Malformed,
-    TooLarge,
-    UnknownIssuer,
-    UnknownKey,
-    BadAlgorithm,
-    BadSignature,
-    Expired,
-    NotYetValid,
-    WrongIssuer,
-    WrongAudience,
-    MissingClaim,
-    BadClaimType,
-    UnsendableClaim,
-}
-
-impl Reason {
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::Malformed => "malformed",
-            Reason::TooLarge => "too_large",
-            Reason::UnknownIssuer => "unknown_issuer",
-            Reason::UnknownKey => "unknown_kid",
-            Reason::BadAlgorithm => "bad_algorithm",
-            Reason::BadSignature => "bad_signature",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::WrongIssuer => "wrong_issuer",
-            Reason::WrongAudience => "wrong_audience",
-            Reason::MissingClaim => "missing_claim",
-            Reason::BadClaimType => "bad_claim_type",
-            Reason::UnsendableClaim => "unsendable_claim",
-        }
-    }
-
-    pub fn description(self) -> &'static str {
-        match self {
-            Reason::Malformed => "the token is not a well-formed JWT",
-            Reason::TooLarge => "the token is larger than 8 KiB",
-            Reason::UnknownIssuer => "the token's issuer is not a configured provider",
-            Reason::UnknownKey => "the token was signed with a key the provider does not publish",
-            Reason::BadAlgorithm => "the token's algorithm is not the one its key is pinned to",
-            Reason::BadSignature => "the token's signature is invalid",
-            Reason::Expired => "the token has expired",
-            Reason::NotYetValid => "the token is not valid yet",
-            Reason::WrongIssuer => "the token's issuer does not match",
-            Reason::WrongAudience => "the token is not meant for this audience",
-            Reason::MissingClaim => {
-                "the token lacks a required claim (exp, iss and aud are required)"
-            }
-            Reason::BadClaimType => "a claim of the token has the wrong type",
-            Reason::UnsendableClaim => "a claim of the token cannot be sent as a header",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AuthError {
     #[error("no bearer token")]
     Missing,
-    #[error("more than one Authorization header")]
+    #[error("more than one credential where one is expected")]
     Ambiguous,
     #[error("only Bearer tokens are accepted")]
     UnsupportedScheme,
-    #[error("{}", .0.description())]
+    #[error("{0}")]
     Invalid(Reason),
     #[error("the signing keys of provider {0:?} are not loaded yet")]
     KeysUnavailable(String),
-    #[error("claim {claim:?} must include {value:?}")]
-    Insufficient { claim: String, value: String },
+    #[error("the signing keys of provider {0:?} are older than max_stale")]
+    KeysStale(String),
+    #[error("claim {claim:?} must include {missing:?}")]
+    Insufficient {
+        claim: String,
+        missing: String,
+        /// Every value the route requires of the claim.
+        required: Vec<String>,
+    },
 }
 
-/// Verifies the request's bearer token as the route demands. `Ok(None)` is
-/// an anonymous request the route allows.
+impl From<Reason> for AuthError {
+    fn from(reason: Reason) -> Self {
+        AuthError::Invalid(reason)
+    }
+}
+
+/// Verifies the request's token as the route demands. `Ok(None)` is an
+/// anonymous request the route allows.
 pub(crate) async fn authenticate(
     route: &RouteConfig,
     headers: &HeaderMap,
@@ -126,8 +78,14 @@ pub(crate) async fn authenticate(
     if route.auth == AuthMode::Public {
         return Ok(None);
     }
-    match bearer_token(headers)? {
-        Some(token) => verify(token, snapshot, state).await.map(Some),
+    match find_token(headers, &route.token_sources)? {
+        Some((token, source)) => {
+            let claims = verify(token, route, snapshot, state).await?;
+            Ok(Some(Identity {
+                claims,
+                source: source.clone(),
+            }))
+        }
         None if route.auth == AuthMode::Optional => Ok(None),
         None => Err(AuthError::Missing),
     }
@@ -140,10 +98,11 @@ pub(crate) fn authorize(route: &RouteConfig, identity: Option<&Identity>) -> Res
     };
     for ClaimRequirement { claim, values } in &route.require_claims {
         let held = identity.claim(claim);
-        if let Some(value) = values.iter().find(|value| !claim_holds(claim, held, value)) {
+        if let Some(missing) = values.iter().find(|value| !claim_holds(claim, held, value)) {
             return Err(AuthError::Insufficient {
                 claim: claim.clone(),
-                value: value.clone(),
+                missing: missing.clone(),
+                required: values.clone(),
             });
         }
     }
@@ -151,7 +110,7 @@ pub(crate) fn authorize(route: &RouteConfig, identity: Option<&Identity>) -> Res
 }
 
 /// An array claim holds each of its elements, a scalar claim itself; and
-/// `scope`/`scp` strings hold each of their space-separated words (RFC 8693).
+/// `scope`/`scp` strings hold each of their space-separated words.
 fn claim_holds(name: &str, claim: Option<&Value>, wanted: &str) -> bool {
     let words = matches!(name, "scope" | "scp");
     let scalar = |value: &Value| match value {
@@ -167,6 +126,23 @@ fn claim_holds(name: &str, claim: Option<&Value>, wanted: &str) -> bool {
         Some(value) => scalar(value),
         None => false,
     }
+}
+
+/// The first token the route's sources yield, in their order.
+fn find_token<'a>(
+    headers: &'a HeaderMap,
+    sources: &'a [TokenSource],
+) -> Result<Option<(&'a str, &'a TokenSource)>, AuthError> {
+    for source in sources {
+        let token = match source {
+            TokenSource::Header => bearer_token(headers)?,
+            TokenSource::Cookie(name) => cookie(headers, name)?,
+        };
+        if let Some(token) = token {
+            return Ok(Some((token, source)));
+        }
+    }
+    Ok(None)
 }
 
 /// The bearer token, if the request carries one (scheme case-insensitive).
@@ -190,50 +166,61 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     Ok(Some(token.trim()))
 }
 
-async fn verify(
-    token: &str,
-    snapshot: &Snapshot,
-    state: &SharedState,
-) -> Result<Identity, AuthError> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(AuthError::Invalid(Reason::TooLarge));
+/// The value of cookie `name`; sent twice, it is ambiguous.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, AuthError> {
+    let mut found = None;
+    let pairs = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='));
+    for (key, value) in pairs {
+        if key == name && found.replace(value.trim_matches('"')).is_some() {
+            return Err(AuthError::Ambiguous);
+        }
     }
-    let header =
-        jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid(Reason::Malformed))?;
-    let index = snapshot
-        .provider_for(&unverified_issuer(token)?)
-        .ok_or(AuthError::Invalid(Reason::UnknownIssuer))?;
-    let kid = header.kid.as_deref();
-    let keys = keys_for(snapshot, index, kid, state).await;
-    let Some(key) = keys.find(kid) else {
-        return Err(if keys.is_loaded() {
-            AuthError::Invalid(Reason::UnknownKey)
-        } else {
-            AuthError::KeysUnavailable(snapshot.config.providers[index].config.name.clone())
-        });
-    };
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &key.validation)
-        .map_err(|error| AuthError::Invalid(reason(error.kind())))?;
-    Ok(Identity {
-        claims: data.claims,
-    })
+    Ok(found)
 }
 
-/// Reads `iss` before verification, only to pick the provider (and so the
-/// keys) to verify with; the verified token must carry the same `iss`.
-fn unverified_issuer(token: &str) -> Result<String, AuthError> {
-    let invalid = AuthError::Invalid;
-    let payload = token.split('.').nth(1).ok_or(invalid(Reason::Malformed))?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| invalid(Reason::Malformed))?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&bytes).map_err(|_| invalid(Reason::Malformed))?;
-    match claims.get("iss") {
-        Some(Value::String(iss)) => Ok(iss.clone()),
-        Some(_) => Err(invalid(Reason::BadClaimType)),
-        None => Err(invalid(Reason::MissingClaim)),
+async fn verify(
+    raw: &str,
+    route: &RouteConfig,
+    snapshot: &Snapshot,
+    state: &SharedState,
+) -> Result<Map<String, Value>, AuthError> {
+    let jwt = token::parse(raw)?;
+    let index = snapshot
+        .provider_for(jwt.issuer()?)
+        .ok_or(Reason::UnknownIssuer)?;
+    if route
+        .providers
+        .as_ref()
+        .is_some_and(|allowed| !allowed.contains(&index))
+    {
+        return Err(Reason::IssuerNotAllowed.into());
     }
+    let provider = &snapshot.config.providers[index];
+    jwt.check_type(&provider.rules)?;
+    let keys = keys_for(snapshot, index, jwt.kid.as_deref(), state).await;
+    let now = SystemTime::now();
+    if !keys.is_usable(now) {
+        let name = provider.config.name.clone();
+        return Err(if keys.is_loaded() {
+            AuthError::KeysStale(name)
+        } else {
+            AuthError::KeysUnavailable(name)
+        });
+    }
+    keys.find(jwt.kid.as_deref())
+        .ok_or(Reason::UnknownKey)?
+        .verify(&jwt)?;
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    token::check_claims(&jwt.claims, &provider.rules, now)?;
+    Ok(jwt.claims)
 }
 
 /// The provider's keys, after waiting briefly for an early fetch when the
@@ -251,8 +238,8 @@ async fn keys_for(
     let refetch = &snapshot.config.providers[index].refetch;
     let wait = match (keys.is_loaded(), kid) {
         (false, _) => refetch.first_load(),
-        (true, Some(_)) => refetch.early(),
-        (true, None) => None,
+        (true, Some(kid)) if !refetch.is_known_unknown(kid) => refetch.early(),
+        (true, _) => None,
     };
     let Some(Wait {
         mut completions,
@@ -270,38 +257,28 @@ async fn keys_for(
             }
             current.keys[index].clone()
         };
-        let finished = !matches!(completed, Ok(Ok(()))) || !refetch.is_outstanding();
-        if finished || latest.find(kid).is_some() {
+        if latest.find(kid).is_some() || !matches!(completed, Ok(Ok(()))) {
             return latest;
         }
-    }
-}
-
-fn reason(kind: &ErrorKind) -> Reason {
-    match kind {
-        ErrorKind::InvalidSignature => Reason::BadSignature,
-        ErrorKind::InvalidAlgorithm
-        | ErrorKind::MissingAlgorithm
-        | ErrorKind::InvalidAlgorithmName => Reason::BadAlgorithm,
-        ErrorKind::ExpiredSignature => Reason::Expired,
-        ErrorKind::ImmatureSignature => Reason::NotYetValid,
-        ErrorKind::InvalidIssuer => Reason::WrongIssuer,
-        ErrorKind::InvalidAudience => Reason::WrongAudience,
-        // jsonwebtoken reports a claim of the wrong type as missing
-        ErrorKind::MissingRequiredClaim(_) => Reason::MissingClaim,
-        ErrorKind::InvalidClaimFormat(_) => Reason::BadClaimType,
-        _ => Reason::Malformed,
+        if !refetch.is_outstanding() {
+            if let (Some(kid), true) = (kid, latest.is_loaded()) {
+                refetch.remember_unknown(kid);
+            }
+            return latest;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use serde_json::json;
 
     fn identity(claims: Value) -> Identity {
         Identity {
             claims: claims.as_object().unwrap().clone(),
+            source: TokenSource::Header,
         }
     }
 
@@ -322,6 +299,7 @@ mod tests {
     fn required_values_must_all_be_held() {
         assert!(claim_holds("roles", Some(&json!(["admin", "ops"])), "ops"));
         assert!(claim_holds("scope", Some(&json!("read write")), "write"));
+        assert!(claim_holds("scp", Some(&json!(["read", "write"])), "write"));
         assert!(!claim_holds("tenant", Some(&json!("acme corp")), "acme"));
         assert!(claim_holds("roles", Some(&json!("admin")), "admin"));
         assert!(claim_holds("admin", Some(&json!(true)), "true"));
@@ -348,33 +326,9 @@ mod tests {
         assert!(authorize(route, Some(&identity(json!({"roles": ["ops", "admin"]})))).is_ok());
         let only_admin = authorize(route, Some(&identity(json!({"roles": ["admin"]}))));
         assert!(
-            matches!(only_admin, Err(AuthError::Insufficient { ref value, .. }) if value == "ops"),
+            matches!(only_admin, Err(AuthError::Insufficient { ref missing, .. }) if missing == "ops"),
             "{only_admin:?}"
         );
-    }
-
-    #[test]
-    fn jwt_errors_map_to_their_reasons() {
-        let cases = [
-            (ErrorKind::ExpiredSignature, Reason::Expired),
-            (ErrorKind::ImmatureSignature, Reason::NotYetValid),
-            (ErrorKind::InvalidSignature, Reason::BadSignature),
-            (ErrorKind::InvalidAlgorithm, Reason::BadAlgorithm),
-            (ErrorKind::InvalidIssuer, Reason::WrongIssuer),
-            (ErrorKind::InvalidAudience, Reason::WrongAudience),
-            (
-                ErrorKind::MissingRequiredClaim("exp".into()),
-                Reason::MissingClaim,
-            ),
-            (
-                ErrorKind::InvalidClaimFormat("nbf".into()),
-                Reason::BadClaimType,
-            ),
-            (ErrorKind::InvalidToken, Reason::Malformed),
-        ];
-        for (kind, expected) in cases {
-            assert_eq!(reason(&kind), expected, "{kind:?}");
-        }
     }
 
     #[test]
@@ -395,5 +349,36 @@ mod tests {
         assert_eq!(bearer_token(&headers).unwrap(), Some(""));
         headers.append(AUTHORIZATION, "Bearer x".parse().unwrap());
         assert!(matches!(bearer_token(&headers), Err(AuthError::Ambiguous)));
+    }
+
+    #[test]
+    fn tokens_are_taken_from_the_sources_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; session=\"c1\""),
+        );
+        let session = TokenSource::Cookie("session".into());
+        let both = [TokenSource::Header, session.clone()];
+        assert_eq!(find_token(&headers, &both).unwrap(), Some(("c1", &session)));
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer h1"));
+        assert_eq!(
+            find_token(&headers, &both).unwrap(),
+            Some(("h1", &TokenSource::Header))
+        );
+        let cookie_first = [session.clone(), TokenSource::Header];
+        assert_eq!(
+            find_token(&headers, &cookie_first).unwrap(),
+            Some(("c1", &session))
+        );
+        headers.append(COOKIE, HeaderValue::from_static("session=c2"));
+        assert!(matches!(
+            find_token(&headers, &cookie_first),
+            Err(AuthError::Ambiguous)
+        ));
+        assert_eq!(
+            find_token(&headers, &[TokenSource::Cookie("other".into())]).unwrap(),
+            None
+        );
     }
 }

@@ -1,179 +1,143 @@
-//! The only writer of the live snapshot, and the key refresh loops that feed it.
+//! The only writer of the live snapshot, and the key loops that feed it.
 //!
-//! Each provider has one refresh task. It fetches at start, then every
-//! `refresh_interval` (sooner, with backoff, after a failure), and publishes
-//! a good set by swapping in a new snapshot. A failed fetch publishes
-//! nothing, so the last good keys stay. The request path never awaits this
-//! loop, except a token with an unknown `kid`, which may ask for one early
-//! fetch (`Refetch`): coalesced, at most one per provider per cooldown, and
-//! waited for only briefly.
+//! Each provider has one loop. A remote key set is fetched at start, again
+//! when 90% of its freshness has passed, and sooner (with backoff and
+//! jitter) after a failure; a local source is checked every few seconds and
+//! reloaded when it changes. A good set is published by swapping in a new
+//! snapshot; a failed load publishes nothing, so the last good keys stay.
+//! The request path never awaits these loops, except a token with an
+//! unknown `kid` through `Refetch`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::jwks::{self, KeySet};
-use crate::state::{Compiled, SharedState, Snapshot};
+use crate::config::{Config, ConfigError, KeySource, RemoteKeys, RemoteLocation};
+use crate::error::chain;
+use crate::keys::{self, Fetcher, Fingerprint, Freshness, KeySet};
+use crate::state::{Compiled, Provider, SharedState, Snapshot};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
-
-/// How long a token may wait for the early fetch it (or a concurrent
-/// token) asked for, or for the first load at start.
-pub(crate) const EARLY_FETCH_WAIT: Duration = Duration::from_secs(1);
-const NEVER: u64 = u64::MAX;
-
-/// Coordinates early fetches for tokens with an unknown `kid`.
-pub(crate) struct Refetch {
-    wake: Notify,
-    /// Counts completed fetches, good or bad, so waiters can re-check.
-    completed: watch::Sender<u64>,
-    cooldown: Duration,
-    epoch: Instant,
-    /// Milliseconds after `epoch` when the last early fetch was asked for.
-    asked_at: AtomicU64,
-    /// `asked_at` of the last early fetch that completed.
-    served: AtomicU64,
-}
-
-/// What a request may wait on, and until when.
-pub(crate) struct Wait {
-    pub(crate) completions: watch::Receiver<u64>,
-    pub(crate) deadline: tokio::time::Instant,
-}
-
-impl Refetch {
-    pub(crate) fn new(cooldown: Duration) -> Refetch {
-        Refetch {
-            wake: Notify::new(),
-            completed: watch::Sender::new(0),
-            cooldown,
-            epoch: Instant::now(),
-            asked_at: AtomicU64::new(NEVER),
-            served: AtomicU64::new(NEVER),
-        }
-    }
-
-    /// For a token whose `kid` is unknown: asks for an early fetch if the
-    /// cooldown allows, or joins the one asked for less than
-    /// `EARLY_FETCH_WAIT` ago. `None`: deny at once.
-    pub(crate) fn early(&self) -> Option<Wait> {
-        let completions = self.completed.subscribe();
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let asked = self.asked_at.load(Ordering::Acquire);
-        let cooled =
-            asked == NEVER || now.saturating_sub(asked) >= self.cooldown.as_millis() as u64;
-        if cooled
-            && self
-                .asked_at
-                .compare_exchange(asked, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.wake.notify_one();
-            return Some(Wait {
-                completions,
-                deadline: self.deadline(now),
-            });
-        }
-        let asked = self.asked_at.load(Ordering::Acquire);
-        let deadline = self.deadline(asked);
-        (self.is_outstanding() && tokio::time::Instant::now() < deadline).then_some(Wait {
-            completions,
-            deadline,
-        })
-    }
-
-    /// For a token that arrives while the first fetch is still under way.
-    pub(crate) fn first_load(&self) -> Option<Wait> {
-        let completions = self.completed.subscribe();
-        let deadline = tokio::time::Instant::now() + EARLY_FETCH_WAIT;
-        let first_pending = *completions.borrow() == 0;
-        first_pending.then_some(Wait {
-            completions,
-            deadline,
-        })
-    }
-
-    /// An early fetch was asked for and has not completed.
-    pub(crate) fn is_outstanding(&self) -> bool {
-        let asked = self.asked_at.load(Ordering::Acquire);
-        asked != NEVER && asked != self.served.load(Ordering::Acquire)
-    }
-
-    fn deadline(&self, asked: u64) -> tokio::time::Instant {
-        let at = self.epoch + Duration::from_millis(asked) + EARLY_FETCH_WAIT;
-        tokio::time::Instant::from_std(at)
-    }
-
-    /// Records a completed fetch; `early` is the `asked_at` it served.
-    fn completed(&self, early: Option<u64>) {
-        if let Some(asked) = early {
-            self.served.store(asked, Ordering::Release);
-        }
-        self.completed.send_modify(|count| *count += 1);
-    }
-}
+const MAX_RETRY: Duration = Duration::from_secs(300);
+/// After this many failed fetches in a row, discovery runs again.
+const REDISCOVER_AFTER: u32 = 3;
+/// How often local key files and secrets are checked for changes.
+const LOCAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Owns every write to the shared snapshot.
 #[derive(Clone)]
 pub(crate) struct Control {
     state: SharedState,
-    http: reqwest::Client,
     shutdown: CancellationToken,
 }
 
+/// What a provider's loop starts from.
+enum Start {
+    Remote(Box<Fetcher>),
+    Local(Fingerprint),
+}
+
 impl Control {
-    /// Publishes `config` with no keys yet and starts its refresh loops.
+    /// Publishes the first snapshot (local keys loaded, remote ones from
+    /// `cache_dir` where they are still usable) and starts the key loops.
     pub(crate) fn start(
-        config: Arc<Compiled>,
+        config: &Config,
         shutdown: CancellationToken,
-    ) -> (Control, SharedState) {
-        let state: SharedState =
-            Arc::new(ArcSwap::from_pointee(Snapshot::unloaded(config.clone())));
+    ) -> Result<(Control, SharedState), ConfigError> {
+        let compiled = Arc::new(Compiled::new(config));
+        let mut keys = Vec::new();
+        let mut starts = Vec::new();
+        for (index, provider) in compiled.providers.iter().enumerate() {
+            let (set, start) = first_keys(config, index, provider)?;
+            keys.push(Arc::new(set));
+            starts.push(start);
+        }
+        let state: SharedState = Arc::new(ArcSwap::from_pointee(Snapshot {
+            config: compiled.clone(),
+            keys,
+        }));
         let control = Control {
             state: state.clone(),
-            http: jwks::http_client(),
             shutdown,
         };
-        for index in 0..config.providers.len() {
-            tokio::spawn(control.clone().refresh_loop(config.clone(), index));
+        for (index, start) in starts.into_iter().enumerate() {
+            let control = control.clone();
+            match start {
+                Start::Remote(fetcher) => {
+                    tokio::spawn(control.remote_loop(compiled.clone(), index, *fetcher))
+                }
+                Start::Local(fingerprint) => {
+                    tokio::spawn(control.local_loop(compiled.clone(), index, fingerprint))
+                }
+            };
         }
-        (control, state)
+        Ok((control, state))
     }
 
-    async fn refresh_loop(self, config: Arc<Compiled>, index: usize) {
+    async fn remote_loop(self, config: Arc<Compiled>, index: usize, mut fetcher: Fetcher) {
         let provider = &config.providers[index];
+        let KeySource::Remote(remote) = &provider.config.source else {
+            return;
+        };
         let name = &provider.config.name;
-        let refetch = &provider.refetch;
         let mut failures = 0u32;
-        // the `asked_at` of the early fetch this one serves, if it is one
         let mut early = None;
         loop {
-            let delay = match jwks::fetch(&self.http, &provider.config).await {
-                Ok(keys) => {
+            let delay = match fetch(&mut fetcher, provider, remote).await {
+                Ok((keys, lifetime)) => {
                     failures = 0;
-                    let kids: Vec<&str> = keys.kids().collect();
-                    tracing::info!(provider = %name, keys = keys.len(), ?kids, "JWKS refreshed");
+                    tracing::info!(provider = %name, keys = keys.len(), kids = ?keys.kids(), fresh_for = ?lifetime, "keys refreshed");
                     self.publish_keys(&config, index, keys);
-                    provider.config.refresh_interval
+                    lifetime.mul_f64(0.9)
                 }
                 Err(error) => {
                     failures += 1;
-                    let retry = backoff(failures).min(provider.config.refresh_interval);
-                    let error = crate::error::chain(&error);
-                    tracing::warn!(provider = %name, %error, retry_in = ?retry, "JWKS fetch failed; keeping the last good keys");
+                    if failures.is_multiple_of(REDISCOVER_AFTER) {
+                        fetcher.rediscover();
+                    }
+                    let retry = with_jitter(backoff(failures)).min(remote.refresh_interval);
+                    tracing::warn!(provider = %name, %error, retry_in = ?retry, "key fetch failed; keeping the last good keys");
                     retry
                 }
             };
-            refetch.completed(early);
-            early = tokio::select! {
-                _ = tokio::time::sleep(delay) => None,
-                _ = refetch.wake.notified() => Some(refetch.asked_at.load(Ordering::Acquire)),
-                _ = self.shutdown.cancelled() => return,
-            };
+            provider.refetch.completed(early);
+            match self.wait(provider, delay).await {
+                Some(next) => early = next,
+                None => return,
+            }
+        }
+    }
+
+    async fn local_loop(self, config: Arc<Compiled>, index: usize, mut fingerprint: Fingerprint) {
+        let provider = &config.providers[index];
+        let name = &provider.config.name;
+        while let Some(early) = self.wait(provider, LOCAL_CHECK_INTERVAL).await {
+            match keys::load_local(&provider.config.source, &provider.config.algorithms) {
+                Ok((keys, latest)) if latest != fingerprint => {
+                    fingerprint = latest;
+                    tracing::info!(provider = %name, keys = keys.len(), kids = ?keys.kids(), "keys reloaded");
+                    self.publish_keys(&config, index, keys);
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(provider = %name, %error, "keys not reloaded; keeping the last good ones");
+                }
+            }
+            provider.refetch.completed(early);
+        }
+    }
+
+    /// Sleeps `delay` or until an early fetch is asked for. `None`: shut
+    /// down; `Some(early)`: the `asked_at` the next load serves, if any.
+    async fn wait(&self, provider: &Provider, delay: Duration) -> Option<Option<u64>> {
+        let refetch = &provider.refetch;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Some(None),
+            _ = refetch.wake.notified() => Some(Some(refetch.asked_at.load(Ordering::Acquire))),
+            _ = self.shutdown.cancelled() => None,
         }
     }
 
@@ -195,51 +159,116 @@ impl Control {
     }
 }
 
+/// One fetch, parsed, and saved to `cache_dir` when it is good.
+async fn fetch(
+    fetcher: &mut Fetcher,
+    provider: &Provider,
+    remote: &RemoteKeys,
+) -> Result<(KeySet, Duration), String> {
+    let fetched = fetcher.fetch().await.map_err(|e| chain(&e))?;
+    let fetched_at = SystemTime::now();
+    let freshness = Freshness::remote(fetched_at, fetched.lifetime, remote.max_stale);
+    let keys = keys::key_set(&fetched.body, &provider.config.algorithms, false, freshness)?;
+    if let Some(dir) = &remote.cache_dir {
+        let name = &provider.config.name;
+        if let Err(error) = keys::store_cached(
+            dir,
+            name,
+            &cache_source(remote),
+            &fetched.body,
+            fetched_at,
+            fetched.lifetime,
+        ) {
+            tracing::warn!(provider = %name, %error, "could not write the key cache");
+        }
+    }
+    Ok((keys, fetched.lifetime))
+}
+
+/// The key set a provider starts with, and how its loop starts.
+fn first_keys(
+    config: &Config,
+    index: usize,
+    provider: &Provider,
+) -> Result<(KeySet, Start), ConfigError> {
+    let source = &provider.config.source;
+    let error =
+        |reason: String| config.error(&format!("providers[{index}].{}", source.key()), reason);
+    match source {
+        KeySource::Remote(remote) => {
+            let fetcher = Fetcher::new(remote, &provider.config.issuer)
+                .map_err(|reason| config.error(&format!("providers[{index}].ca_file"), reason))?;
+            Ok((
+                cached_keys(provider, remote).unwrap_or_default(),
+                Start::Remote(Box::new(fetcher)),
+            ))
+        }
+        local => {
+            let (keys, fingerprint) =
+                keys::load_local(local, &provider.config.algorithms).map_err(error)?;
+            Ok((keys, Start::Local(fingerprint)))
+        }
+    }
+}
+
+/// The set saved in `cache_dir`, if it is still within `max_stale`.
+fn cached_keys(provider: &Provider, remote: &RemoteKeys) -> Option<KeySet> {
+    let name = &provider.config.name;
+    let cached = keys::load_cached(remote.cache_dir.as_deref()?, name, &cache_source(remote))?;
+    let freshness = Freshness::remote(cached.fetched_at, cached.lifetime, remote.max_stale);
+    let keys = keys::key_set(&cached.body, &provider.config.algorithms, false, freshness).ok()?;
+    if !keys.is_usable(SystemTime::now()) {
+        tracing::warn!(provider = %name, "cached keys are older than max_stale: not used");
+        return None;
+    }
+    tracing::info!(provider = %name, keys = keys.len(), "keys loaded from the cache until the first fetch");
+    Some(keys)
+}
+
+/// What a cache entry must have been fetched from to be used.
+fn cache_source(remote: &RemoteKeys) -> String {
+    match &remote.location {
+        RemoteLocation::JwksUrl(url) | RemoteLocation::Discovery(url) => url.to_string(),
+    }
+}
+
+/// Everything `start` would load, without starting: what `check` runs.
+pub(crate) fn preflight(config: &Config) -> Result<(), ConfigError> {
+    let compiled = Compiled::new(config);
+    for (index, provider) in compiled.providers.iter().enumerate() {
+        first_keys(config, index, provider)?;
+    }
+    Ok(())
+}
+
 /// 1 s, 2 s, 4 s, ... capped at 5 minutes.
 fn backoff(failures: u32) -> Duration {
     FIRST_RETRY
-        .saturating_mul(1 << failures.saturating_sub(1).min(8))
-        .min(Duration::from_secs(300))
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_RETRY)
+}
+
+/// Somewhere in the upper half of `delay`, so gateways that lost their
+/// identity provider together do not retry together.
+fn with_jitter(delay: Duration) -> Duration {
+    delay.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn early_fetches_respect_the_cooldown() {
-        let refetch = Refetch::new(Duration::from_secs(60));
-        assert!(
-            refetch.first_load().is_some(),
-            "before any fetch, wait for the first"
-        );
-        refetch.completed(None);
-        assert!(refetch.first_load().is_none(), "after it, not again");
-        assert!(
-            !refetch.is_outstanding(),
-            "periodic fetches are never waited for"
-        );
-
-        let first = refetch.early().expect("the first unknown kid may ask");
-        assert!(refetch.is_outstanding());
-        let joined = refetch.early().expect("a concurrent one joins it");
-        assert_eq!(
-            joined.deadline, first.deadline,
-            "and gives up at the same time"
-        );
-        let asked = refetch.asked_at.load(Ordering::Acquire);
-        refetch.completed(Some(asked));
-        assert!(!refetch.is_outstanding());
-        assert!(
-            refetch.early().is_none(),
-            "within the cooldown: deny at once"
-        );
-    }
-
     #[test]
-    fn backoff_doubles_and_caps() {
+    fn backoff_doubles_caps_and_jitters() {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(30), Duration::from_secs(256));
+        assert_eq!(backoff(30), MAX_RETRY);
+        for _ in 0..100 {
+            let delay = with_jitter(Duration::from_secs(8));
+            assert!(
+                delay >= Duration::from_secs(4) && delay <= Duration::from_secs(8),
+                "{delay:?}"
+            );
+        }
     }
 }

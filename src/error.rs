@@ -1,13 +1,15 @@
 //! Every way the gateway refuses or fails a request, mapped to a response
-//! in one place: a status, the right headers, and a JSON body
-//! `{"error": ..., "error_description": ...}`. Never a token, never a trace.
+//! in one place: a status, the RFC 6750 challenge where one is due, and an
+//! RFC 9457 `application/problem+json` body that also carries the OAuth
+//! `error` and `error_description`. Never a token, key or internal error.
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::auth::{AuthError, Reason};
+use crate::auth::AuthError;
+use crate::path::PathError;
 use crate::upstream::UpstreamError;
 
 const REALM: &str = "portcullis";
@@ -17,7 +19,7 @@ pub(crate) enum Rejection {
     #[error("no route matches")]
     NoRoute,
     #[error("bad request: {0}")]
-    BadRequest(&'static str),
+    BadRequest(PathError),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -31,18 +33,20 @@ impl Rejection {
             Rejection::NoRoute => "no_route",
             Rejection::BadRequest(_) => "bad_request",
             Rejection::Auth(AuthError::Missing) => "missing_token",
-            Rejection::Auth(AuthError::Ambiguous) => "ambiguous_authorization",
+            Rejection::Auth(AuthError::Ambiguous) => "ambiguous_credentials",
             Rejection::Auth(AuthError::UnsupportedScheme) => "unsupported_scheme",
             Rejection::Auth(AuthError::Invalid(reason)) => reason.code(),
             Rejection::Auth(AuthError::KeysUnavailable(_)) => "keys_unavailable",
+            Rejection::Auth(AuthError::KeysStale(_)) => "keys_stale",
             Rejection::Auth(AuthError::Insufficient { .. }) => "insufficient_claims",
             Rejection::Upstream(UpstreamError::Unreachable(_)) => "upstream_unreachable",
             Rejection::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
         }
     }
 
-    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        let (status, error) = match &self {
+    /// The status and the OAuth-style error code the client sees.
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
             Rejection::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
             Rejection::BadRequest(_) | Rejection::Auth(AuthError::Ambiguous) => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
@@ -52,7 +56,7 @@ impl Rejection {
                 (StatusCode::UNAUTHORIZED, "invalid_request")
             }
             Rejection::Auth(AuthError::Invalid(_)) => (StatusCode::UNAUTHORIZED, "invalid_token"),
-            Rejection::Auth(AuthError::KeysUnavailable(_)) => {
+            Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
             Rejection::Auth(AuthError::Insufficient { .. }) => {
@@ -64,27 +68,48 @@ impl Rejection {
             Rejection::Upstream(UpstreamError::Timeout(_)) => {
                 (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout")
             }
-        };
-        let description = match &self {
-            // the upstream's address and error stay in the log
+        }
+    }
+
+    /// What the client is told: enough to act on, nothing internal.
+    fn description(&self) -> String {
+        match self {
             Rejection::Upstream(UpstreamError::Unreachable(_)) => {
-                "the upstream could not be reached".to_owned()
+                "the upstream could not be reached".into()
             }
             Rejection::Upstream(UpstreamError::Timeout(_)) => {
-                "the upstream did not answer in time".to_owned()
+                "the upstream did not answer in time".into()
+            }
+            Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
+                "the token cannot be checked right now; retry later".into()
             }
             other => other.to_string(),
-        };
-        let body = serde_json::json!({"error": error, "error_description": description});
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, error) = self.status();
+        let description = self.description();
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or_default(),
+            "status": status.as_u16(),
+            "detail": description,
+            "error": error,
+            "error_description": description,
+        });
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(challenge) = self.challenge() {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
-        if matches!(self, Rejection::Auth(AuthError::KeysUnavailable(_))) {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
@@ -92,21 +117,39 @@ impl Rejection {
 
     /// The RFC 6750 `WWW-Authenticate` challenge, for auth failures.
     fn challenge(&self) -> Option<HeaderValue> {
+        let realm = format!("Bearer realm=\"{REALM}\"");
         let text = match self {
-            Rejection::Auth(AuthError::Missing | AuthError::UnsupportedScheme) => {
-                format!("Bearer realm=\"{REALM}\"")
+            Rejection::Auth(AuthError::Missing | AuthError::UnsupportedScheme) => realm,
+            Rejection::Auth(AuthError::Ambiguous) => format!("{realm}, error=\"invalid_request\""),
+            Rejection::Auth(AuthError::Invalid(reason)) => {
+                format!(
+                    "{realm}, error=\"invalid_token\", error_description=\"{}\"",
+                    reason.description()
+                )
             }
-            Rejection::Auth(AuthError::Ambiguous) => {
-                format!("Bearer realm=\"{REALM}\", error=\"invalid_request\"")
-            }
-            Rejection::Auth(AuthError::Invalid(reason)) => invalid_token_challenge(*reason),
-            Rejection::Auth(AuthError::Insufficient { .. }) => {
-                format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\"")
+            Rejection::Auth(AuthError::Insufficient {
+                claim, required, ..
+            }) => {
+                let mut text = format!("{realm}, error=\"insufficient_scope\"");
+                if matches!(claim.as_str(), "scope" | "scp")
+                    && required.iter().all(|s| is_scope_token(s))
+                {
+                    text.push_str(&format!(", scope=\"{}\"", required.join(" ")));
+                }
+                text
             }
             _ => return None,
         };
         HeaderValue::from_str(&text).ok()
     }
+}
+
+/// RFC 6749 §3.3 scope-token: printable ASCII but space, `"` and `\`.
+fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 /// An error and its causes on one line: "request failed: ...: connection refused".
@@ -121,19 +164,22 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn invalid_token_challenge(reason: Reason) -> String {
-    format!(
-        "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
-        reason.description()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Reason;
+    use http_body_util::BodyExt;
 
-    #[test]
-    fn every_rejection_is_json_with_a_challenge_where_due() {
+    fn insufficient(claim: &str, required: &[&str]) -> Rejection {
+        Rejection::Auth(AuthError::Insufficient {
+            claim: claim.into(),
+            missing: required[0].into(),
+            required: required.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn every_rejection_is_a_problem_with_a_challenge_where_due() {
         let cases = [
             (Rejection::NoRoute, 404, None),
             (
@@ -147,23 +193,30 @@ mod tests {
                 Some("error=\"invalid_token\""),
             ),
             (
-                Rejection::Auth(AuthError::Insufficient {
-                    claim: "roles".into(),
-                    value: "admin".into(),
-                }),
+                insufficient("roles", &["admin"]),
                 403,
-                Some("error=\"insufficient_scope\""),
+                Some("Bearer realm=\"portcullis\", error=\"insufficient_scope\""),
+            ),
+            (
+                insufficient("scope", &["read", "write"]),
+                403,
+                Some("error=\"insufficient_scope\", scope=\"read write\""),
             ),
             (
                 Rejection::Upstream(UpstreamError::Unreachable("refused".into())),
                 502,
                 None,
             ),
+            (
+                Rejection::Auth(AuthError::KeysStale("idp".into())),
+                503,
+                None,
+            ),
         ];
         for (rejection, status, challenge) in cases {
             let response = rejection.into_response();
             assert_eq!(response.status().as_u16(), status);
-            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
             let found = response
                 .headers()
                 .get(WWW_AUTHENTICATE)
@@ -172,6 +225,22 @@ mod tests {
                 Some(part) => assert!(found.unwrap().contains(part)),
                 None => assert!(found.is_none()),
             }
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["status"], status);
+            assert!(body["error"].is_string() && body["detail"] == body["error_description"]);
         }
+    }
+
+    #[test]
+    fn no_internals_leak() {
+        let unreachable =
+            Rejection::Upstream(UpstreamError::Unreachable("10.0.0.7:8080 refused".into()));
+        assert!(!unreachable.description().contains("10.0.0.7"));
+        assert!(
+            !Rejection::Auth(AuthError::KeysUnavailable("idp".into()))
+                .description()
+                .contains("idp")
+        );
     }
 }

@@ -146,6 +146,26 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes cookie `name` from the request's `Cookie` header(s), keeping
+/// the others.
+pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(key, _)| key != name))
+        .collect();
+    let joined = kept.join("; ");
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_str(&joined)
+        && !joined.is_empty()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Sets `X-Forwarded-For` (appending the peer), `-Proto` and `-Host`, and
 /// drops a client's `Forwarded`, which would contradict them.
 pub(crate) fn set_forwarded(
@@ -236,6 +256,16 @@ mod tests {
         assert_eq!(render(json!({"a": true})).as_deref(), Some("{\"a\":true}"));
         assert_eq!(render(json!("evil\r\nx-admin: 1")), None);
         assert_eq!(render(json!("nul\0")), None);
+    }
+
+    #[test]
+    fn removes_one_cookie_and_keeps_the_others() {
+        let mut headers = map(&[("cookie", "a=1; session=tok"), ("cookie", "b=2")]);
+        remove_cookie(&mut headers, "session");
+        assert_eq!(headers["cookie"], "a=1; b=2");
+        let mut headers = map(&[("cookie", "session=tok")]);
+        remove_cookie(&mut headers, "session");
+        assert!(headers.get("cookie").is_none());
     }
 
     #[test]

@@ -16,13 +16,15 @@ mod control;
 pub mod dev;
 mod error;
 mod headers;
-mod jwks;
+mod keys;
 mod path;
 mod proxy;
+mod refetch;
 mod route;
 mod server;
 mod state;
 mod tls;
+mod token;
 mod upstream;
 
 pub use config::{Config, ConfigError};

@@ -16,12 +16,13 @@ use http::{HeaderValue, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::auth::{self, Identity};
-use crate::config::RouteConfig;
+use crate::auth::{self, AuthError, Identity};
+use crate::config::{RouteConfig, TokenSource};
 use crate::error::Rejection;
 use crate::headers;
 use crate::path;
 use crate::state::{SharedState, Snapshot};
+use crate::token::Reason;
 use crate::upstream::{self, UpstreamClient};
 
 /// A response body: the upstream's, streamed, or one the gateway wrote.
@@ -168,7 +169,7 @@ fn host_name(authority: &HeaderValue) -> Option<String> {
 }
 
 /// Sets the route's identity headers from verified claims; drops the token
-/// unless the route forwards it.
+/// (header or cookie) unless the route forwards it.
 fn inject_identity(
     request: &mut Request<Incoming>,
     route: &RouteConfig,
@@ -177,14 +178,16 @@ fn inject_identity(
     let headers = request.headers_mut();
     for (name, claim) in &route.inject_headers {
         if let Some(value) = identity.claim(claim) {
-            let value = headers::claim_header_value(value).ok_or(Rejection::Auth(
-                auth::AuthError::Invalid(auth::Reason::UnsendableClaim),
-            ))?;
+            let value = headers::claim_header_value(value)
+                .ok_or(Rejection::Auth(AuthError::Invalid(Reason::UnsendableClaim)))?;
             headers.insert(name.clone(), value);
         }
     }
     if !route.forward_token {
-        headers.remove(AUTHORIZATION);
+        match &identity.source {
+            TokenSource::Header => drop(headers.remove(AUTHORIZATION)),
+            TokenSource::Cookie(name) => headers::remove_cookie(headers, name),
+        }
     }
     Ok(())
 }

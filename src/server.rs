@@ -22,7 +22,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::config::{Config, ConfigError};
 use crate::control::Control;
 use crate::proxy::{Connection, Proxy, SharedProxy};
-use crate::state::Compiled;
 use crate::tls;
 use crate::upstream::UpstreamClient;
 
@@ -61,7 +60,7 @@ impl Gateway {
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         let background = CancellationToken::new();
-        let (_control, state) = Control::start(Arc::new(Compiled::new(config)), background.clone());
+        let (_control, state) = Control::start(config, background.clone())?;
         let proxy = Arc::new(Proxy {
             state,
             upstream: UpstreamClient::new(),
@@ -173,5 +172,6 @@ async fn serve_connection(
 
 /// Stand-alone check of what `bind` would load, without binding.
 pub(crate) fn preflight(config: &Config) -> Result<(), ConfigError> {
-    tls::server_config(config).map(|_| ())
+    tls::server_config(config)?;
+    crate::control::preflight(config)
 }

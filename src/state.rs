@@ -9,10 +9,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ProviderConfig};
-use crate::control::Refetch;
 use crate::headers::IdentityHeaders;
-use crate::jwks::KeySet;
+use crate::keys::KeySet;
+use crate::refetch::Refetch;
 use crate::route::RouteTable;
+use crate::token::ClaimRules;
 
 pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
 
@@ -32,7 +33,23 @@ pub(crate) struct Compiled {
 
 pub(crate) struct Provider {
     pub(crate) config: ProviderConfig,
+    pub(crate) rules: ClaimRules,
     pub(crate) refetch: Refetch,
+}
+
+impl Provider {
+    fn new(config: &ProviderConfig) -> Provider {
+        Provider {
+            rules: ClaimRules {
+                audiences: config.audiences.clone(),
+                leeway: config.leeway.as_secs_f64(),
+                max_token_age: config.max_token_age.map(|age| age.as_secs_f64()),
+                required_typ: config.required_typ.clone(),
+            },
+            refetch: Refetch::new(config.refetch_cooldown),
+            config: config.clone(),
+        }
+    }
 }
 
 impl Compiled {
@@ -45,29 +62,12 @@ impl Compiled {
                     .iter()
                     .flat_map(|r| r.inject_headers.iter().map(|(name, _)| name)),
             ),
-            providers: config
-                .providers
-                .iter()
-                .map(|p| Provider {
-                    config: p.clone(),
-                    refetch: Refetch::new(p.refetch_cooldown),
-                })
-                .collect(),
+            providers: config.providers.iter().map(Provider::new).collect(),
         }
     }
 }
 
 impl Snapshot {
-    /// A snapshot whose providers have no keys yet: their routes deny.
-    pub(crate) fn unloaded(config: Arc<Compiled>) -> Snapshot {
-        let keys = config
-            .providers
-            .iter()
-            .map(|_| Arc::new(KeySet::default()))
-            .collect();
-        Snapshot { config, keys }
-    }
-
     /// The provider whose `issuer` is exactly `iss`, by index.
     pub(crate) fn provider_for(&self, iss: &str) -> Option<usize> {
         self.config

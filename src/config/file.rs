@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -34,15 +35,38 @@ pub(crate) struct ServerFile {
 pub(crate) struct ProviderFile {
     pub(crate) name: String,
     pub(crate) issuer: String,
-    pub(crate) jwks_url: String,
     #[serde(default)]
     pub(crate) audiences: Vec<String>,
+    pub(crate) algorithms: Option<Vec<String>>,
+    // key sources: exactly one
+    pub(crate) jwks_url: Option<String>,
+    pub(crate) discovery: Option<bool>,
+    pub(crate) jwks_file: Option<PathBuf>,
+    pub(crate) public_key_file: Option<PathBuf>,
+    pub(crate) secret_env: Option<String>,
+    pub(crate) secret_file: Option<PathBuf>,
+    // remote key sets only
     #[serde(default, with = "humantime_serde")]
     pub(crate) refresh_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) min_refresh: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_refresh: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) fetch_timeout: Option<Duration>,
+    pub(crate) max_jwks_size: Option<ByteSize>,
+    pub(crate) ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_stale: Option<Duration>,
+    pub(crate) cache_dir: Option<PathBuf>,
+    // token rules
     #[serde(default, with = "humantime_serde")]
     pub(crate) leeway: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) refetch_cooldown: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_token_age: Option<Duration>,
+    pub(crate) required_typ: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +78,8 @@ pub(crate) struct RouteFile {
     pub(crate) methods: Option<Vec<String>>,
     pub(crate) upstream: String,
     pub(crate) auth: Option<AuthMode>,
+    pub(crate) providers: Option<Vec<String>>,
+    pub(crate) token_sources: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) require_claims: BTreeMap<String, OneOrMany>,
     #[serde(default)]

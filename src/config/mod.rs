@@ -6,6 +6,7 @@
 
 mod file;
 mod locate;
+mod provider;
 mod validate;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, Method};
+use jsonwebtoken::Algorithm;
 
 pub use file::AuthMode;
 pub(crate) use file::ConfigFile;
@@ -51,11 +53,74 @@ pub struct TlsFiles {
 pub struct ProviderConfig {
     pub name: String,
     pub issuer: String,
-    pub jwks_url: reqwest::Url,
     pub audiences: Vec<String>,
-    pub refresh_interval: Duration,
+    /// What a key of this provider may verify, unless its JWK pins one.
+    pub algorithms: Vec<Algorithm>,
+    pub source: KeySource,
     pub leeway: Duration,
     pub refetch_cooldown: Duration,
+    pub max_token_age: Option<Duration>,
+    /// Normalised: lowercase, without an `application/` prefix.
+    pub required_typ: Option<String>,
+}
+
+/// Where a provider's keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    Remote(Box<RemoteKeys>),
+    JwksFile(PathBuf),
+    PublicKeyFile(PathBuf),
+    SecretEnv(String),
+    SecretFile(PathBuf),
+}
+
+impl KeySource {
+    /// The config key that names this source, for messages.
+    pub fn key(&self) -> &'static str {
+        match self {
+            KeySource::Remote(remote) => match remote.location {
+                RemoteLocation::JwksUrl(_) => "jwks_url",
+                RemoteLocation::Discovery(_) => "discovery",
+            },
+            KeySource::JwksFile(_) => "jwks_file",
+            KeySource::PublicKeyFile(_) => "public_key_file",
+            KeySource::SecretEnv(_) => "secret_env",
+            KeySource::SecretFile(_) => "secret_file",
+        }
+    }
+}
+
+/// A key set fetched over HTTP, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteKeys {
+    pub location: RemoteLocation,
+    /// Freshness when the response says nothing (no `Cache-Control`/`Expires`).
+    pub refresh_interval: Duration,
+    /// Bounds for freshness taken from the response.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    pub fetch_timeout: Duration,
+    pub max_size: u64,
+    pub ca_file: Option<PathBuf>,
+    /// How long past its freshness the last good set may still verify.
+    pub max_stale: Duration,
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteLocation {
+    JwksUrl(reqwest::Url),
+    /// The OpenID configuration document's URL.
+    Discovery(reqwest::Url),
+}
+
+/// Where a route looks for the token, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// The named cookie.
+    Cookie(String),
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +132,9 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     pub upstream: Upstream,
     pub auth: AuthMode,
+    /// Indices into `Config::providers`; `None` accepts every provider.
+    pub providers: Option<Vec<usize>>,
+    pub token_sources: Vec<TokenSource>,
     pub require_claims: Vec<ClaimRequirement>,
     /// Header name -> claim name.
     pub inject_headers: Vec<(HeaderName, String)>,
@@ -100,6 +168,11 @@ impl fmt::Display for Upstream {
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(60 * 60);
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_JWKS_SIZE: u64 = 1024 * 1024;
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,19 +284,42 @@ impl Config {
         };
         out.push_str(&format!("listen {scheme}://{}\n", self.server.listen));
         for p in &self.providers {
+            let algorithms: Vec<String> = p.algorithms.iter().map(|a| format!("{a:?}")).collect();
             out.push_str(&format!(
-                "provider {}: issuer {}, jwks {}, audiences [{}], refresh every {}\n",
+                "provider {}: issuer {}, keys from {}, algorithms [{}], audiences [{}]\n",
                 p.name,
                 p.issuer,
-                p.jwks_url,
+                p.source,
+                algorithms.join(", "),
                 p.audiences.join(", "),
-                humantime::format_duration(p.refresh_interval),
             ));
         }
         for r in &self.routes {
             out.push_str(&format!("route {}: {}\n", r.name, r.describe()));
         }
         out
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Remote(remote) => {
+                match &remote.location {
+                    RemoteLocation::JwksUrl(url) => write!(f, "{url}")?,
+                    RemoteLocation::Discovery(url) => write!(f, "discovery at {url}")?,
+                }
+                write!(
+                    f,
+                    " (fresh for {} unless the response says otherwise)",
+                    humantime::format_duration(remote.refresh_interval)
+                )
+            }
+            KeySource::JwksFile(path) => write!(f, "JWKS file {}", path.display()),
+            KeySource::PublicKeyFile(path) => write!(f, "public key file {}", path.display()),
+            KeySource::SecretEnv(name) => write!(f, "secret in ${name}"),
+            KeySource::SecretFile(path) => write!(f, "secret file {}", path.display()),
+        }
     }
 }
 
@@ -431,6 +527,169 @@ audiences = ["api"]
         );
     }
 
+    fn provider_error(replace: &str, with: &str) -> String {
+        let text = format!("{}{}", PROVIDER.replace(replace, with), route(""));
+        Config::parse(&text, "t.toml")
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn exactly_one_key_source() {
+        let jwks = "jwks_url = \"https://idp.test/jwks\"";
+        let cases = [
+            (
+                jwks,
+                "",
+                "t.toml:2: providers[0]: name where keys come from",
+            ),
+            (
+                jwks,
+                "discovery = false",
+                "providers[0]: name where keys come from",
+            ),
+            (
+                jwks,
+                "jwks_url = \"https://idp.test/jwks\"\njwks_file = \"k.json\"",
+                "providers[0].jwks_file: set only one key source, not jwks_url and jwks_file",
+            ),
+            (
+                jwks,
+                "secret_env = \"S\"\nrefresh_interval = \"1m\"",
+                "providers[0].refresh_interval: applies to jwks_url and discovery only, not secret_env",
+            ),
+            (
+                jwks,
+                "jwks_file = \"k.json\"\ncache_dir = \"/tmp\"",
+                "providers[0].cache_dir: applies to jwks_url and discovery only",
+            ),
+            (
+                jwks,
+                "secret_env = \"S\"\nalgorithms = [\"RS256\"]",
+                "providers[0].algorithms: a shared secret verifies HS256/384/512 only",
+            ),
+            (
+                jwks,
+                "jwks_url = \"https://i/j\"\nalgorithms = [\"HS256\"]",
+                "providers[0].algorithms: HS256 needs a shared secret",
+            ),
+            (
+                jwks,
+                "jwks_url = \"https://i/j\"\nalgorithms = [\"none\"]",
+                "providers[0].algorithms: \"none\" is not one of",
+            ),
+            (
+                jwks,
+                "jwks_url = \"https://i/j\"\nmin_refresh = \"2h\"",
+                "providers[0].max_refresh: must not be shorter than min_refresh",
+            ),
+            (
+                "issuer = \"https://idp.test\"\njwks_url = \"https://idp.test/jwks\"",
+                "issuer = \"idp\"\ndiscovery = true",
+                "providers[0].issuer: discovery needs an issuer URL",
+            ),
+            (
+                "name = \"idp\"",
+                "name = \"i/dp\"",
+                "providers[0].name: use letters, digits",
+            ),
+        ];
+        for (replace, with, expected) in cases {
+            let message = provider_error(replace, with);
+            assert!(
+                message.contains(expected),
+                "wanted {expected:?}, got {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_sources_and_their_defaults() {
+        let jwks = "jwks_url = \"https://idp.test/jwks\"";
+        let parse = |with: &str| {
+            let text = format!("{}{}", PROVIDER.replace(jwks, with), route(""));
+            Config::parse(&text, "t.toml").unwrap().providers.remove(0)
+        };
+        let secret = parse("secret_file = \"s.txt\"");
+        assert_eq!(secret.source, KeySource::SecretFile("s.txt".into()));
+        assert_eq!(
+            secret.algorithms,
+            [Algorithm::HS256],
+            "secrets default to HS256"
+        );
+        let discovery = parse("discovery = true");
+        let KeySource::Remote(remote) = &discovery.source else {
+            panic!("{:?}", discovery.source);
+        };
+        let RemoteLocation::Discovery(url) = &remote.location else {
+            panic!("{:?}", remote.location);
+        };
+        assert_eq!(
+            url.as_str(),
+            "https://idp.test/.well-known/openid-configuration"
+        );
+        let pem = parse(
+            "public_key_file = \"k.pem\"\nalgorithms = [\"ES256\", \"EdDSA\"]\nrequired_typ = \"application/AT+JWT\"",
+        );
+        assert_eq!(pem.algorithms, [Algorithm::ES256, Algorithm::EdDSA]);
+        assert_eq!(pem.required_typ.as_deref(), Some("at+jwt"));
+        let remote =
+            parse("jwks_url = \"https://i/j\"\nmax_jwks_size = \"64 KiB\"\nmax_stale = \"0s\"");
+        let KeySource::Remote(remote) = remote.source else {
+            panic!()
+        };
+        assert_eq!(
+            (remote.max_size, remote.max_stale),
+            (64 * 1024, Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn route_providers_and_token_sources() {
+        let parse = |extra: &str| Config::parse(&format!("{PROVIDER}{}", route(extra)), "t.toml");
+        let config =
+            parse("providers = [\"idp\"]\ntoken_sources = [\"cookie:session\", \"header\"]")
+                .unwrap();
+        assert_eq!(config.routes[0].providers, Some(vec![0]));
+        assert_eq!(
+            config.routes[0].token_sources,
+            [TokenSource::Cookie("session".into()), TokenSource::Header]
+        );
+        let cases = [
+            (
+                "providers = [\"nope\"]",
+                "routes[0].providers: \"nope\" is not the name of a [[providers]] entry",
+            ),
+            (
+                "providers = []",
+                "routes[0].providers: list at least one provider",
+            ),
+            (
+                "token_sources = [\"query:token\"]",
+                "tokens in the query string are not supported",
+            ),
+            (
+                "token_sources = [\"cookie:\"]",
+                "\"cookie:\" is not \"header\" or \"cookie:NAME\"",
+            ),
+            (
+                "token_sources = [\"header\", \"header\"]",
+                "\"header\" is listed twice",
+            ),
+            (
+                "auth = \"public\"\ntoken_sources = [\"header\"]",
+                "routes[0].token_sources: a public route verifies no token",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let message = parse(extra).unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "wanted {expected:?}, got {message:?}"
+            );
+        }
+    }
+
     #[test]
     fn defaults_and_normalisation() {
         let config = Config::parse(
@@ -444,13 +703,25 @@ audiences = ["api"]
         assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
         assert!(config.server.tls.is_none());
         let provider = &config.providers[0];
-        assert_eq!(provider.refresh_interval, DEFAULT_REFRESH_INTERVAL);
+        let KeySource::Remote(remote) = &provider.source else {
+            panic!("{:?}", provider.source);
+        };
+        assert_eq!(remote.refresh_interval, DEFAULT_REFRESH_INTERVAL);
+        assert_eq!(
+            (remote.min_refresh, remote.max_refresh),
+            (DEFAULT_MIN_REFRESH, DEFAULT_MAX_REFRESH)
+        );
+        assert_eq!(remote.max_size, DEFAULT_MAX_JWKS_SIZE);
+        assert_eq!(remote.max_stale, DEFAULT_MAX_STALE);
+        assert_eq!(provider.algorithms, [Algorithm::RS256]);
         assert_eq!(provider.leeway, DEFAULT_LEEWAY);
         let route = &config.routes[0];
         assert_eq!(route.auth, AuthMode::Required);
         assert_eq!(route.host.as_deref(), Some("api.test"));
         assert_eq!(route.methods, Some(vec![Method::GET]));
         assert!(!route.forward_token);
+        assert_eq!(route.token_sources, [TokenSource::Header]);
+        assert_eq!(route.providers, None);
         assert_eq!(route.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
     }
 }

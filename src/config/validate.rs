@@ -1,13 +1,13 @@
 //! `ConfigFile` -> `Config`: every rule a config must satisfy, each failure
 //! naming the key it is about. Defaults are applied here, in one place.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, Method, Uri};
 
-use super::file::{ConfigFile, ProviderFile, RouteFile, ServerFile};
+use super::file::{ConfigFile, RouteFile, ServerFile};
 use super::*;
 use crate::headers;
 use std::sync::Arc;
@@ -22,17 +22,16 @@ pub(super) fn config(
         .providers
         .into_iter()
         .enumerate()
-        .map(|(i, p)| provider(i, p))
+        .map(|(i, p)| super::provider::provider(i, p))
         .collect::<Result<_, _>>()?;
     unique("providers", "name", providers.iter().map(|p| &p.name))?;
     // a token's `iss` must pick exactly one provider
     unique("providers", "issuer", providers.iter().map(|p| &p.issuer))?;
-    let has_providers = !providers.is_empty();
     let routes: Vec<RouteConfig> = file
         .routes
         .into_iter()
         .enumerate()
-        .map(|(i, r)| route(i, r, has_providers))
+        .map(|(i, r)| route(i, r, &providers))
         .collect::<Result<_, _>>()?;
     unique("routes", "name", routes.iter().map(|r| &r.name))?;
     if routes.is_empty() {
@@ -93,78 +92,11 @@ fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
     Ok(ServerConfig { listen, tls })
 }
 
-fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, Invalid> {
-    let key = |name: &str| format!("providers[{i}].{name}");
-    non_empty(&key("name"), &file.name)?;
-    non_empty(&key("issuer"), &file.issuer)?;
-    let jwks_url = jwks_url(&key("jwks_url"), &file.jwks_url)?;
-    if file.audiences.is_empty() || file.audiences.iter().any(String::is_empty) {
-        return Err(invalid(
-            key("audiences"),
-            "list the audiences this gateway accepts (the token's `aud` must contain one)",
-        ));
-    }
-    let refresh_interval = positive(
-        &key("refresh_interval"),
-        file.refresh_interval,
-        DEFAULT_REFRESH_INTERVAL,
-    )?;
-    let leeway = file.leeway.unwrap_or(DEFAULT_LEEWAY);
-    if leeway > Duration::from_secs(300) {
-        return Err(invalid(
-            key("leeway"),
-            "more than 5m of clock skew would accept long-expired tokens",
-        ));
-    }
-    Ok(ProviderConfig {
-        name: file.name,
-        issuer: file.issuer,
-        jwks_url,
-        audiences: file.audiences,
-        refresh_interval,
-        leeway,
-        refetch_cooldown: positive(
-            &key("refetch_cooldown"),
-            file.refetch_cooldown,
-            DEFAULT_REFETCH_COOLDOWN,
-        )?,
-    })
-}
-
-fn jwks_url(key: &str, text: &str) -> Result<reqwest::Url, Invalid> {
-    let url = reqwest::Url::parse(text)
-        .map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
-    let Some(host) = url.host_str() else {
-        return Err(invalid(key, format!("{text:?} has no host")));
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        "http" => tracing::warn!(
-            key,
-            url = text,
-            "JWKS is fetched over plain http: keys can be forged in transit"
-        ),
-        other => {
-            return Err(invalid(
-                key,
-                format!("scheme {other:?} is not http or https"),
-            ));
-        }
-    }
-    Ok(url)
-}
-
-fn route(i: usize, file: RouteFile, has_providers: bool) -> Result<RouteConfig, Invalid> {
+fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<RouteConfig, Invalid> {
     let key = |name: &str| format!("routes[{i}].{name}");
     non_empty(&key("name"), &file.name)?;
     let auth = file.auth.unwrap_or(AuthMode::Required);
-    if auth != AuthMode::Public && !has_providers {
+    if auth != AuthMode::Public && providers.is_empty() {
         return Err(invalid(
             key("auth"),
             format!(
@@ -179,11 +111,16 @@ fn route(i: usize, file: RouteFile, has_providers: bool) -> Result<RouteConfig, 
             "claims can only be required when auth = \"required\"",
         ));
     }
-    if !file.inject_headers.is_empty() && auth == AuthMode::Public {
-        return Err(invalid(
-            key("inject_headers"),
-            "a public route has no verified identity to inject",
-        ));
+    let verifying = [
+        ("inject_headers", !file.inject_headers.is_empty()),
+        ("providers", file.providers.is_some()),
+        ("token_sources", file.token_sources.is_some()),
+    ];
+    if let Some((name, _)) = verifying
+        .iter()
+        .find(|(_, set)| *set && auth == AuthMode::Public)
+    {
+        return Err(invalid(key(name), "a public route verifies no token"));
     }
     let mut require_claims = Vec::new();
     for (claim, values) in file.require_claims {
@@ -205,6 +142,11 @@ fn route(i: usize, file: RouteFile, has_providers: bool) -> Result<RouteConfig, 
         inject_headers.push((injectable_header(&header_key, &header)?, claim));
     }
     Ok(RouteConfig {
+        providers: file
+            .providers
+            .map(|names| route_providers(&key("providers"), &names, providers))
+            .transpose()?,
+        token_sources: token_sources(&key("token_sources"), file.token_sources)?,
         path: route_path(&key("path"), file.path)?,
         host: file
             .host
@@ -227,6 +169,81 @@ fn route(i: usize, file: RouteFile, has_providers: bool) -> Result<RouteConfig, 
         )?,
         name: file.name,
     })
+}
+
+/// Provider names -> indices into the config's providers.
+fn route_providers(
+    key: &str,
+    names: &[String],
+    providers: &[ProviderConfig],
+) -> Result<Vec<usize>, Invalid> {
+    if names.is_empty() {
+        return Err(invalid(
+            key,
+            "list at least one provider, or leave providers out to accept all",
+        ));
+    }
+    let mut indices = Vec::new();
+    for name in names {
+        let index = providers
+            .iter()
+            .position(|p| &p.name == name)
+            .ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("{name:?} is not the name of a [[providers]] entry"),
+                )
+            })?;
+        if !indices.contains(&index) {
+            indices.push(index);
+        }
+    }
+    Ok(indices)
+}
+
+/// `"header"` and `"cookie:NAME"`, in order; `["header"]` by default.
+fn token_sources(key: &str, names: Option<Vec<String>>) -> Result<Vec<TokenSource>, Invalid> {
+    let Some(names) = names else {
+        return Ok(vec![TokenSource::Header]);
+    };
+    if names.is_empty() {
+        return Err(invalid(
+            key,
+            "list at least one source, or leave token_sources out for [\"header\"]",
+        ));
+    }
+    let mut sources = Vec::new();
+    for name in names {
+        let source = match name.split_once(':') {
+            None if name == "header" => TokenSource::Header,
+            Some(("cookie", cookie)) if is_token(cookie) => TokenSource::Cookie(cookie.to_owned()),
+            _ if name.starts_with("query") => {
+                return Err(invalid(
+                    key,
+                    "tokens in the query string are not supported: they end up in logs",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    key,
+                    format!("{name:?} is not \"header\" or \"cookie:NAME\""),
+                ));
+            }
+        };
+        if sources.contains(&source) {
+            return Err(invalid(key, format!("{name:?} is listed twice")));
+        }
+        sources.push(source);
+    }
+    Ok(sources)
+}
+
+/// An RFC 9110 token, as cookie names must be.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn route_path(key: &str, path: String) -> Result<String, Invalid> {
@@ -334,14 +351,18 @@ fn injectable_header(key: &str, name: &str) -> Result<HeaderName, Invalid> {
     Ok(header)
 }
 
-fn non_empty(key: &str, value: &str) -> Result<(), Invalid> {
+pub(super) fn non_empty(key: &str, value: &str) -> Result<(), Invalid> {
     if value.trim().is_empty() {
         return Err(invalid(key, "must not be empty"));
     }
     Ok(())
 }
 
-fn positive(key: &str, value: Option<Duration>, default: Duration) -> Result<Duration, Invalid> {
+pub(super) fn positive(
+    key: &str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, Invalid> {
     match value {
         Some(d) if d.is_zero() => Err(invalid(key, "must be longer than zero")),
         Some(d) => Ok(d),

@@ -72,7 +72,7 @@ pub async fn run(
         file.server.tls_cert = Some(cert.clone());
         file.server.tls_key = Some(key.clone());
         for provider in &mut file.providers {
-            provider.jwks_url = jwks_url.clone();
+            provider.jwks_url = Some(jwks_url.clone());
         }
         for route in &mut file.routes {
             route.upstream = echo.url();

@@ -5,11 +5,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis::dev::{SigningKey, now};
 use serde_json::json;
 
-use crate::support::{ISSUER, Stack, forge};
+use crate::support::{ISSUER, Reply, Stack, forge};
 
 /// Sends `token` to a protected route and checks it got a 401
 /// `invalid_token` without the upstream seeing anything.
-async fn assert_refused(stack: &Stack, token: &str, why: &str) {
+async fn assert_refused(stack: &Stack, token: &str, why: &str) -> Reply {
     let before = stack.echo.requests();
     let reply = stack.get_with_token("/orders/1", token).await;
     assert_eq!(
@@ -26,7 +26,11 @@ async fn assert_refused(stack: &Stack, token: &str, why: &str) {
         "{why}: {}",
         reply.header("www-authenticate")
     );
-    assert_eq!(reply.header("content-type"), "application/json", "{why}");
+    assert_eq!(
+        reply.header("content-type"),
+        "application/problem+json",
+        "{why}"
+    );
     assert_eq!(reply.json()["error"], "invalid_token", "{why}");
     let body = String::from_utf8_lossy(&reply.body);
     assert!(
@@ -38,6 +42,7 @@ async fn assert_refused(stack: &Stack, token: &str, why: &str) {
         before,
         "{why}: the upstream was reached"
     );
+    reply
 }
 
 #[tokio::test]
@@ -96,26 +101,46 @@ async fn clock_skew_within_the_leeway_is_tolerated() {
 async fn tokens_that_fail_a_claim_check_are_refused() {
     let stack = Stack::start().await;
     let cases = [
-        (json!({"exp": now() - 3600}), "expired"),
-        (json!({"exp": now() - 60}), "expired beyond the 30 s leeway"),
-        (json!({"exp": null}), "no exp"),
-        (json!({"exp": "soon"}), "exp of the wrong type"),
+        (json!({"exp": now() - 3600}), "has expired"),
+        (json!({"exp": now() - 60}), "has expired"),
+        (json!({"exp": null}), "lacks a required claim"),
+        (json!({"exp": "soon"}), "wrong type"),
         (json!({"nbf": now() + 3600}), "not valid yet"),
-        (json!({"aud": "payments"}), "another audience"),
-        (json!({"aud": ["payments", "billing"]}), "other audiences"),
-        (json!({"aud": null}), "no aud"),
-        (json!({"aud": 7}), "aud of the wrong type"),
-        (json!({"aud": {"orders": true}}), "aud as an object"),
-        (json!({"iss": "https://evil.test"}), "another issuer"),
-        (json!({"iss": null}), "no iss"),
+        (json!({"iat": now() + 3600}), "issued in the future"),
+        (json!({"iat": "yesterday"}), "wrong type"),
+        (json!({"sub": 42}), "wrong type"),
+        (json!({"jti": ["a"]}), "wrong type"),
+        (json!({"aud": "payments"}), "not meant for this audience"),
         (
-            json!({"iss": ["https://idp.test"]}),
-            "iss of the wrong type",
+            json!({"aud": ["payments", "billing"]}),
+            "not meant for this audience",
         ),
-        (json!({"iss": 1}), "iss as a number"),
+        (json!({"aud": null}), "lacks a required claim"),
+        (json!({"aud": 7}), "wrong type"),
+        (json!({"aud": ["orders", 7]}), "wrong type"),
+        (json!({"aud": {"orders": true}}), "wrong type"),
+        (
+            json!({"iss": "https://evil.test"}),
+            "not a configured provider",
+        ),
+        (json!({"iss": null}), "lacks a required claim"),
+        (json!({"iss": ["https://idp.test"]}), "wrong type"),
+        (json!({"iss": 1}), "wrong type"),
     ];
-    for (changes, why) in cases {
-        assert_refused(&stack, &stack.token(changes), why).await;
+    for (changes, description) in cases {
+        let why = format!("{changes} ({description})");
+        let reply = assert_refused(&stack, &stack.token(changes), &why).await;
+        assert!(
+            reply.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains(description),
+            "{why}"
+        );
+        assert!(
+            reply.header("www-authenticate").contains(description),
+            "{why}"
+        );
     }
 }
 

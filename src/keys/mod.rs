@@ -1,0 +1,165 @@
+//! A provider's verifying keys: where they come from (`local`, `remote`,
+//! `cache`), how a JWK becomes a key (`jwk`), and the set the request path
+//! looks keys up in.
+//!
+//! Every key is compiled once, when its set is built, with the algorithms
+//! it is pinned to; the request path only looks up and verifies. A key set
+//! knows how fresh it is, so a provider whose identity provider has been
+//! unreachable for longer than `max_stale` stops verifying.
+
+mod cache;
+mod jwk;
+mod local;
+mod remote;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+pub(crate) use cache::{load as load_cached, store as store_cached};
+pub(crate) use local::{Fingerprint, load as load_local};
+pub(crate) use remote::Fetcher;
+
+use crate::token::{Jwt, Reason};
+
+/// A key with everything needed to check a signature.
+pub(crate) struct VerifyingKey {
+    kid: Option<String>,
+    /// Fixed when the key was loaded; never taken from a token.
+    algorithms: Vec<Algorithm>,
+    decoding: DecodingKey,
+}
+
+impl VerifyingKey {
+    /// Checks the token's algorithm against the key's and its signature.
+    pub(crate) fn verify(&self, jwt: &Jwt<'_>) -> Result<(), Reason> {
+        if !self.algorithms.contains(&jwt.alg) {
+            return Err(Reason::BadAlgorithm);
+        }
+        let message = jwt.signing_input.as_bytes();
+        match jsonwebtoken::crypto::verify(jwt.signature, message, &self.decoding, jwt.alg) {
+            Ok(true) => Ok(()),
+            _ => Err(Reason::BadSignature),
+        }
+    }
+}
+
+/// When a set was fetched and until when it may verify.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Freshness {
+    pub(crate) fetched_at: SystemTime,
+    /// When a refresh is due; `None` for local sources, which never expire.
+    pub(crate) expires_at: Option<SystemTime>,
+    /// `expires_at` + `max_stale`: past it, the set no longer verifies.
+    pub(crate) stale_after: Option<SystemTime>,
+}
+
+impl Freshness {
+    pub(crate) fn local() -> Freshness {
+        Freshness {
+            fetched_at: SystemTime::now(),
+            expires_at: None,
+            stale_after: None,
+        }
+    }
+
+    pub(crate) fn remote(
+        fetched_at: SystemTime,
+        lifetime: Duration,
+        max_stale: Duration,
+    ) -> Freshness {
+        let expires_at = fetched_at + lifetime;
+        Freshness {
+            fetched_at,
+            expires_at: Some(expires_at),
+            stale_after: Some(expires_at + max_stale),
+        }
+    }
+}
+
+/// One provider's usable keys, as of one load.
+#[derive(Default)]
+pub(crate) struct KeySet {
+    keys: Vec<VerifyingKey>,
+    by_kid: HashMap<String, usize>,
+    /// A single key from a PEM file or secret verifies whatever `kid` a
+    /// token names: the operator chose that key for this provider.
+    any_kid: bool,
+    /// `None` until the first good load: the provider's routes deny until then.
+    pub(crate) freshness: Option<Freshness>,
+}
+
+impl KeySet {
+    fn single(key: VerifyingKey) -> KeySet {
+        KeySet {
+            keys: vec![key],
+            by_kid: HashMap::new(),
+            any_kid: true,
+            freshness: Some(Freshness::local()),
+        }
+    }
+
+    fn from_keys(keys: Vec<VerifyingKey>, freshness: Freshness) -> KeySet {
+        let mut set = KeySet {
+            freshness: Some(freshness),
+            ..KeySet::default()
+        };
+        for key in keys {
+            if let Some(kid) = &key.kid {
+                if set.by_kid.contains_key(kid) {
+                    tracing::warn!(kid, "duplicate kid in key set: the first one is kept");
+                    continue;
+                }
+                set.by_kid.insert(kid.clone(), set.keys.len());
+            }
+            set.keys.push(key);
+        }
+        set
+    }
+
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.freshness.is_some()
+    }
+
+    /// Loaded, and not stale beyond `max_stale` at `now`.
+    pub(crate) fn is_usable(&self, now: SystemTime) -> bool {
+        self.freshness
+            .is_some_and(|f| f.stale_after.is_none_or(|limit| now <= limit))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The key for a token's `kid`. A token without one may only use a set
+    /// holding exactly one key, so there is never a guess between keys.
+    pub(crate) fn find(&self, kid: Option<&str>) -> Option<&VerifyingKey> {
+        if self.any_kid || (kid.is_none() && self.keys.len() == 1) {
+            return self.keys.first();
+        }
+        self.by_kid.get(kid?).map(|&i| &self.keys[i])
+    }
+
+    pub(crate) fn kids(&self) -> Vec<&str> {
+        self.keys
+            .iter()
+            .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))
+            .collect()
+    }
+}
+
+/// Parses a JWKS document into a set: keys are taken one by one, and one
+/// that cannot be used is skipped with a warning, never costing the others.
+pub(crate) fn key_set(
+    document: &[u8],
+    algorithms: &[Algorithm],
+    secrets_allowed: bool,
+    freshness: Freshness,
+) -> Result<KeySet, String> {
+    let keys = jwk::parse_set(document, algorithms, secrets_allowed)?;
+    if keys.is_empty() {
+        return Err("no usable key in the set".into());
+    }
+    Ok(KeySet::from_keys(keys, freshness))
+}
