@@ -81,10 +81,7 @@ pub(crate) async fn authenticate(
     match find_token(headers, &route.token_sources)? {
         Some((token, source)) => {
             let claims = verify(token, route, snapshot, state).await?;
-            Ok(Some(Identity {
-                claims,
-                source: source.clone(),
-            }))
+            Ok(Some(Identity { claims, source: source.clone() }))
         }
         None if route.auth == AuthMode::Optional => Ok(None),
         None => Err(AuthError::Missing),
@@ -114,9 +111,7 @@ pub(crate) fn authorize(route: &RouteConfig, identity: Option<&Identity>) -> Res
 fn claim_holds(name: &str, claim: Option<&Value>, wanted: &str) -> bool {
     let words = matches!(name, "scope" | "scp");
     let scalar = |value: &Value| match value {
-        Value::String(text) => {
-            text == wanted || (words && text.split(' ').any(|word| word == wanted))
-        }
+        Value::String(text) => text == wanted || (words && text.split(' ').any(|word| word == wanted)),
         Value::Number(number) => number.to_string() == wanted,
         Value::Bool(flag) => flag.to_string() == wanted,
         _ => false,
@@ -156,9 +151,7 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     if values.next().is_some() {
         return Err(AuthError::Ambiguous);
     }
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::Invalid(Reason::Malformed))?;
+    let value = value.to_str().map_err(|_| AuthError::Invalid(Reason::Malformed))?;
     let (scheme, token) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::UnsupportedScheme);
@@ -190,14 +183,8 @@ async fn verify(
     state: &SharedState,
 ) -> Result<Map<String, Value>, AuthError> {
     let jwt = token::parse(raw)?;
-    let index = snapshot
-        .provider_for(jwt.issuer()?)
-        .ok_or(Reason::UnknownIssuer)?;
-    if route
-        .providers
-        .as_ref()
-        .is_some_and(|allowed| !allowed.contains(&index))
-    {
+    let index = snapshot.provider_for(jwt.issuer()?).ok_or(Reason::UnknownIssuer)?;
+    if route.providers.as_ref().is_some_and(|allowed| !allowed.contains(&index)) {
         return Err(Reason::IssuerNotAllowed.into());
     }
     let provider = &snapshot.config.providers[index];
@@ -206,31 +193,17 @@ async fn verify(
     let now = SystemTime::now();
     if !keys.is_usable(now) {
         let name = provider.config.name.clone();
-        return Err(if keys.is_loaded() {
-            AuthError::KeysStale(name)
-        } else {
-            AuthError::KeysUnavailable(name)
-        });
+        return Err(if keys.is_loaded() { AuthError::KeysStale(name) } else { AuthError::KeysUnavailable(name) });
     }
-    keys.find(jwt.kid.as_deref())
-        .ok_or(Reason::UnknownKey)?
-        .verify(&jwt)?;
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    keys.find(jwt.kid.as_deref()).ok_or(Reason::UnknownKey)?.verify(&jwt)?;
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     token::check_claims(&jwt.claims, &provider.rules, now)?;
     Ok(jwt.claims)
 }
 
 /// The provider's keys, after waiting briefly for an early fetch when the
 /// token's key is not among them (rotation), or for the first load at start.
-async fn keys_for(
-    snapshot: &Snapshot,
-    index: usize,
-    kid: Option<&str>,
-    state: &SharedState,
-) -> Arc<KeySet> {
+async fn keys_for(snapshot: &Snapshot, index: usize, kid: Option<&str>, state: &SharedState) -> Arc<KeySet> {
     let keys = &snapshot.keys[index];
     if keys.find(kid).is_some() {
         return keys.clone();
@@ -241,11 +214,7 @@ async fn keys_for(
         (true, Some(kid)) if !refetch.is_known_unknown(kid) => refetch.early(),
         (true, _) => None,
     };
-    let Some(Wait {
-        mut completions,
-        deadline,
-    }) = wait
-    else {
+    let Some(Wait { mut completions, deadline }) = wait else {
         return keys.clone();
     };
     loop {
@@ -276,10 +245,7 @@ mod tests {
     use serde_json::json;
 
     fn identity(claims: Value) -> Identity {
-        Identity {
-            claims: claims.as_object().unwrap().clone(),
-            source: TokenSource::Header,
-        }
+        Identity { claims: claims.as_object().unwrap().clone(), source: TokenSource::Header }
     }
 
     #[test]
@@ -303,16 +269,8 @@ mod tests {
         assert!(!claim_holds("tenant", Some(&json!("acme corp")), "acme"));
         assert!(claim_holds("roles", Some(&json!("admin")), "admin"));
         assert!(claim_holds("admin", Some(&json!(true)), "true"));
-        assert!(!claim_holds(
-            "roles",
-            Some(&json!(["administrator"])),
-            "admin"
-        ));
-        assert!(!claim_holds(
-            "roles",
-            Some(&json!({"admin": true})),
-            "admin"
-        ));
+        assert!(!claim_holds("roles", Some(&json!(["administrator"])), "admin"));
+        assert!(!claim_holds("roles", Some(&json!({"admin": true})), "admin"));
         assert!(!claim_holds("roles", None, "admin"));
     }
 
@@ -340,10 +298,7 @@ mod tests {
         assert_eq!(bearer_token(&headers).unwrap(), Some("abc"));
         for other in ["Basic abc", "Token abc", "Bearerabc"] {
             headers.insert(AUTHORIZATION, other.parse().unwrap());
-            assert!(
-                matches!(bearer_token(&headers), Err(AuthError::UnsupportedScheme)),
-                "{other}"
-            );
+            assert!(matches!(bearer_token(&headers), Err(AuthError::UnsupportedScheme)), "{other}");
         }
         headers.insert(AUTHORIZATION, "Bearer".parse().unwrap());
         assert_eq!(bearer_token(&headers).unwrap(), Some(""));
@@ -354,31 +309,16 @@ mod tests {
     #[test]
     fn tokens_are_taken_from_the_sources_in_order() {
         let mut headers = HeaderMap::new();
-        headers.append(
-            COOKIE,
-            HeaderValue::from_static("theme=dark; session=\"c1\""),
-        );
+        headers.append(COOKIE, HeaderValue::from_static("theme=dark; session=\"c1\""));
         let session = TokenSource::Cookie("session".into());
         let both = [TokenSource::Header, session.clone()];
         assert_eq!(find_token(&headers, &both).unwrap(), Some(("c1", &session)));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer h1"));
-        assert_eq!(
-            find_token(&headers, &both).unwrap(),
-            Some(("h1", &TokenSource::Header))
-        );
+        assert_eq!(find_token(&headers, &both).unwrap(), Some(("h1", &TokenSource::Header)));
         let cookie_first = [session.clone(), TokenSource::Header];
-        assert_eq!(
-            find_token(&headers, &cookie_first).unwrap(),
-            Some(("c1", &session))
-        );
+        assert_eq!(find_token(&headers, &cookie_first).unwrap(), Some(("c1", &session)));
         headers.append(COOKIE, HeaderValue::from_static("session=c2"));
-        assert!(matches!(
-            find_token(&headers, &cookie_first),
-            Err(AuthError::Ambiguous)
-        ));
-        assert_eq!(
-            find_token(&headers, &[TokenSource::Cookie("other".into())]).unwrap(),
-            None
-        );
+        assert!(matches!(find_token(&headers, &cookie_first), Err(AuthError::Ambiguous)));
+        assert_eq!(find_token(&headers, &[TokenSource::Cookie("other".into())]).unwrap(), None);
     }
 }

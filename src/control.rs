@@ -43,10 +43,7 @@ enum Start {
 impl Control {
     /// Publishes the first snapshot (local keys loaded, remote ones from
     /// `cache_dir` where they are still usable) and starts the key loops.
-    pub(crate) fn start(
-        config: &Config,
-        shutdown: CancellationToken,
-    ) -> Result<(Control, SharedState), ConfigError> {
+    pub(crate) fn start(config: &Config, shutdown: CancellationToken) -> Result<(Control, SharedState), ConfigError> {
         let compiled = Arc::new(Compiled::new(config));
         let mut keys = Vec::new();
         let mut starts = Vec::new();
@@ -55,23 +52,13 @@ impl Control {
             keys.push(Arc::new(set));
             starts.push(start);
         }
-        let state: SharedState = Arc::new(ArcSwap::from_pointee(Snapshot {
-            config: compiled.clone(),
-            keys,
-        }));
-        let control = Control {
-            state: state.clone(),
-            shutdown,
-        };
+        let state: SharedState = Arc::new(ArcSwap::from_pointee(Snapshot { config: compiled.clone(), keys }));
+        let control = Control { state: state.clone(), shutdown };
         for (index, start) in starts.into_iter().enumerate() {
             let control = control.clone();
             match start {
-                Start::Remote(fetcher) => {
-                    tokio::spawn(control.remote_loop(compiled.clone(), index, *fetcher))
-                }
-                Start::Local(fingerprint) => {
-                    tokio::spawn(control.local_loop(compiled.clone(), index, fingerprint))
-                }
+                Start::Remote(fetcher) => tokio::spawn(control.remote_loop(compiled.clone(), index, *fetcher)),
+                Start::Local(fingerprint) => tokio::spawn(control.local_loop(compiled.clone(), index, fingerprint)),
             };
         }
         Ok((control, state))
@@ -151,34 +138,22 @@ impl Control {
             }
             let mut all = current.keys.clone();
             all[index] = keys.clone();
-            Arc::new(Snapshot {
-                config: current.config.clone(),
-                keys: all,
-            })
+            Arc::new(Snapshot { config: current.config.clone(), keys: all })
         });
     }
 }
 
 /// One fetch, parsed, and saved to `cache_dir` when it is good.
-async fn fetch(
-    fetcher: &mut Fetcher,
-    provider: &Provider,
-    remote: &RemoteKeys,
-) -> Result<(KeySet, Duration), String> {
+async fn fetch(fetcher: &mut Fetcher, provider: &Provider, remote: &RemoteKeys) -> Result<(KeySet, Duration), String> {
     let fetched = fetcher.fetch().await.map_err(|e| chain(&e))?;
     let fetched_at = SystemTime::now();
     let freshness = Freshness::remote(fetched_at, fetched.lifetime, remote.max_stale);
     let keys = keys::key_set(&fetched.body, &provider.config.algorithms, false, freshness)?;
     if let Some(dir) = &remote.cache_dir {
         let name = &provider.config.name;
-        if let Err(error) = keys::store_cached(
-            dir,
-            name,
-            &cache_source(remote),
-            &fetched.body,
-            fetched_at,
-            fetched.lifetime,
-        ) {
+        if let Err(error) =
+            keys::store_cached(dir, name, &cache_source(remote), &fetched.body, fetched_at, fetched.lifetime)
+        {
             tracing::warn!(provider = %name, %error, "could not write the key cache");
         }
     }
@@ -186,26 +161,17 @@ async fn fetch(
 }
 
 /// The key set a provider starts with, and how its loop starts.
-fn first_keys(
-    config: &Config,
-    index: usize,
-    provider: &Provider,
-) -> Result<(KeySet, Start), ConfigError> {
+fn first_keys(config: &Config, index: usize, provider: &Provider) -> Result<(KeySet, Start), ConfigError> {
     let source = &provider.config.source;
-    let error =
-        |reason: String| config.error(&format!("providers[{index}].{}", source.key()), reason);
+    let error = |reason: String| config.error(&format!("providers[{index}].{}", source.key()), reason);
     match source {
         KeySource::Remote(remote) => {
             let fetcher = Fetcher::new(remote, &provider.config.issuer)
                 .map_err(|reason| config.error(&format!("providers[{index}].ca_file"), reason))?;
-            Ok((
-                cached_keys(provider, remote).unwrap_or_default(),
-                Start::Remote(Box::new(fetcher)),
-            ))
+            Ok((cached_keys(provider, remote).unwrap_or_default(), Start::Remote(Box::new(fetcher))))
         }
         local => {
-            let (keys, fingerprint) =
-                keys::load_local(local, &provider.config.algorithms).map_err(error)?;
+            let (keys, fingerprint) = keys::load_local(local, &provider.config.algorithms).map_err(error)?;
             Ok((keys, Start::Local(fingerprint)))
         }
     }
@@ -243,9 +209,7 @@ pub(crate) fn preflight(config: &Config) -> Result<(), ConfigError> {
 
 /// 1 s, 2 s, 4 s, ... capped at 5 minutes.
 fn backoff(failures: u32) -> Duration {
-    FIRST_RETRY
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(MAX_RETRY)
+    FIRST_RETRY.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(MAX_RETRY)
 }
 
 /// Somewhere in the upper half of `delay`, so gateways that lost their
@@ -265,10 +229,7 @@ mod tests {
         assert_eq!(backoff(30), MAX_RETRY);
         for _ in 0..100 {
             let delay = with_jitter(Duration::from_secs(8));
-            assert!(
-                delay >= Duration::from_secs(4) && delay <= Duration::from_secs(8),
-                "{delay:?}"
-            );
+            assert!(delay >= Duration::from_secs(4) && delay <= Duration::from_secs(8), "{delay:?}");
         }
     }
 }

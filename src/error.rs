@@ -52,34 +52,22 @@ impl Rejection {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
             Rejection::Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Rejection::Auth(AuthError::UnsupportedScheme) => {
-                (StatusCode::UNAUTHORIZED, "invalid_request")
-            }
+            Rejection::Auth(AuthError::UnsupportedScheme) => (StatusCode::UNAUTHORIZED, "invalid_request"),
             Rejection::Auth(AuthError::Invalid(_)) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
-            Rejection::Auth(AuthError::Insufficient { .. }) => {
-                (StatusCode::FORBIDDEN, "insufficient_scope")
-            }
-            Rejection::Upstream(UpstreamError::Unreachable(_)) => {
-                (StatusCode::BAD_GATEWAY, "bad_gateway")
-            }
-            Rejection::Upstream(UpstreamError::Timeout(_)) => {
-                (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout")
-            }
+            Rejection::Auth(AuthError::Insufficient { .. }) => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Rejection::Upstream(UpstreamError::Unreachable(_)) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
+            Rejection::Upstream(UpstreamError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
         }
     }
 
     /// What the client is told: enough to act on, nothing internal.
     fn description(&self) -> String {
         match self {
-            Rejection::Upstream(UpstreamError::Unreachable(_)) => {
-                "the upstream could not be reached".into()
-            }
-            Rejection::Upstream(UpstreamError::Timeout(_)) => {
-                "the upstream did not answer in time".into()
-            }
+            Rejection::Upstream(UpstreamError::Unreachable(_)) => "the upstream could not be reached".into(),
+            Rejection::Upstream(UpstreamError::Timeout(_)) => "the upstream did not answer in time".into(),
             Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
                 "the token cannot be checked right now; retry later".into()
             }
@@ -101,10 +89,7 @@ impl Rejection {
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(challenge) = self.challenge() {
             headers.insert(WWW_AUTHENTICATE, challenge);
@@ -122,18 +107,11 @@ impl Rejection {
             Rejection::Auth(AuthError::Missing | AuthError::UnsupportedScheme) => realm,
             Rejection::Auth(AuthError::Ambiguous) => format!("{realm}, error=\"invalid_request\""),
             Rejection::Auth(AuthError::Invalid(reason)) => {
-                format!(
-                    "{realm}, error=\"invalid_token\", error_description=\"{}\"",
-                    reason.description()
-                )
+                format!("{realm}, error=\"invalid_token\", error_description=\"{}\"", reason.description())
             }
-            Rejection::Auth(AuthError::Insufficient {
-                claim, required, ..
-            }) => {
+            Rejection::Auth(AuthError::Insufficient { claim, required, .. }) => {
                 let mut text = format!("{realm}, error=\"insufficient_scope\"");
-                if matches!(claim.as_str(), "scope" | "scp")
-                    && required.iter().all(|s| is_scope_token(s))
-                {
+                if matches!(claim.as_str(), "scope" | "scp") && required.iter().all(|s| is_scope_token(s)) {
                     text.push_str(&format!(", scope=\"{}\"", required.join(" ")));
                 }
                 text
@@ -146,10 +124,7 @@ impl Rejection {
 
 /// RFC 6749 §3.3 scope-token: printable ASCII but space, `"` and `\`.
 fn is_scope_token(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+    !scope.is_empty() && scope.bytes().all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 /// An error and its causes on one line: "request failed: ...: connection refused".
@@ -182,45 +157,22 @@ mod tests {
     async fn every_rejection_is_a_problem_with_a_challenge_where_due() {
         let cases = [
             (Rejection::NoRoute, 404, None),
-            (
-                Rejection::Auth(AuthError::Missing),
-                401,
-                Some("Bearer realm=\"portcullis\""),
-            ),
-            (
-                Rejection::Auth(AuthError::Invalid(Reason::Expired)),
-                401,
-                Some("error=\"invalid_token\""),
-            ),
-            (
-                insufficient("roles", &["admin"]),
-                403,
-                Some("Bearer realm=\"portcullis\", error=\"insufficient_scope\""),
-            ),
+            (Rejection::Auth(AuthError::Missing), 401, Some("Bearer realm=\"portcullis\"")),
+            (Rejection::Auth(AuthError::Invalid(Reason::Expired)), 401, Some("error=\"invalid_token\"")),
+            (insufficient("roles", &["admin"]), 403, Some("Bearer realm=\"portcullis\", error=\"insufficient_scope\"")),
             (
                 insufficient("scope", &["read", "write"]),
                 403,
                 Some("error=\"insufficient_scope\", scope=\"read write\""),
             ),
-            (
-                Rejection::Upstream(UpstreamError::Unreachable("refused".into())),
-                502,
-                None,
-            ),
-            (
-                Rejection::Auth(AuthError::KeysStale("idp".into())),
-                503,
-                None,
-            ),
+            (Rejection::Upstream(UpstreamError::Unreachable("refused".into())), 502, None),
+            (Rejection::Auth(AuthError::KeysStale("idp".into())), 503, None),
         ];
         for (rejection, status, challenge) in cases {
             let response = rejection.into_response();
             assert_eq!(response.status().as_u16(), status);
             assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
-            let found = response
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .map(|v| v.to_str().unwrap().to_owned());
+            let found = response.headers().get(WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
             match challenge {
                 Some(part) => assert!(found.unwrap().contains(part)),
                 None => assert!(found.is_none()),
@@ -234,13 +186,8 @@ mod tests {
 
     #[test]
     fn no_internals_leak() {
-        let unreachable =
-            Rejection::Upstream(UpstreamError::Unreachable("10.0.0.7:8080 refused".into()));
+        let unreachable = Rejection::Upstream(UpstreamError::Unreachable("10.0.0.7:8080 refused".into()));
         assert!(!unreachable.description().contains("10.0.0.7"));
-        assert!(
-            !Rejection::Auth(AuthError::KeysUnavailable("idp".into()))
-                .description()
-                .contains("idp")
-        );
+        assert!(!Rejection::Auth(AuthError::KeysUnavailable("idp".into())).description().contains("idp"));
     }
 }

@@ -117,13 +117,9 @@ pub(crate) fn claim_header_value(value: &Value) -> Option<HeaderValue> {
     let text: Cow<'_, str> = match value {
         Value::String(text) => Cow::Borrowed(text),
         Value::Number(number) => Cow::Owned(number.to_string()),
-        Value::Array(items) if items.iter().all(Value::is_string) => Cow::Owned(
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            Cow::Owned(items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+        }
         other => Cow::Owned(other.to_string()),
     };
     HeaderValue::from_bytes(text.as_bytes()).ok()
@@ -136,11 +132,7 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     if cookies.next().is_none() || cookies.next().is_none() {
         return;
     }
-    let joined: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
+    let joined: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
     if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
         headers.insert(header::COOKIE, value);
     }
@@ -168,22 +160,9 @@ pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &str) {
 
 /// Sets `X-Forwarded-For` (appending the peer), `-Proto` and `-Host`, and
 /// drops a client's `Forwarded`, which would contradict them.
-pub(crate) fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    let prior: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    let chain = if prior.is_empty() {
-        peer.to_string()
-    } else {
-        format!("{}, {peer}", prior.join(", "))
-    };
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
+    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
+    let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
     if let Ok(value) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -203,10 +182,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
+            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
         }
         headers
     }
@@ -214,13 +190,8 @@ mod tests {
     #[test]
     fn strips_identity_headers_in_every_spelling() {
         let identity = IdentityHeaders::new(&[HeaderName::from_static("x-user-id")]);
-        let mut headers = map(&[
-            ("X-User-Id", "a"),
-            ("x-user-id", "b"),
-            ("x_user_id", "c"),
-            ("x-user_id", "d"),
-            ("x-other", "kept"),
-        ]);
+        let mut headers =
+            map(&[("X-User-Id", "a"), ("x-user-id", "b"), ("x_user_id", "c"), ("x-user_id", "d"), ("x-other", "kept")]);
         sanitize_request(&mut headers, &identity);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-other"], "kept");
@@ -237,10 +208,7 @@ mod tests {
             ("x-kept", "1"),
         ]);
         sanitize_request(&mut headers, &IdentityHeaders::default());
-        assert_eq!(
-            headers.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
-            ["x-kept"]
-        );
+        assert_eq!(headers.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
@@ -248,10 +216,7 @@ mod tests {
         let render = |v: Value| claim_header_value(&v).map(|h| h.to_str().unwrap().to_owned());
         assert_eq!(render(json!("alice")).as_deref(), Some("alice"));
         assert_eq!(render(json!(42)).as_deref(), Some("42"));
-        assert_eq!(
-            render(json!(["admin", "ops"])).as_deref(),
-            Some("admin,ops")
-        );
+        assert_eq!(render(json!(["admin", "ops"])).as_deref(), Some("admin,ops"));
         assert_eq!(render(json!([1, "a"])).as_deref(), Some("[1,\"a\"]"));
         assert_eq!(render(json!({"a": true})).as_deref(), Some("{\"a\":true}"));
         assert_eq!(render(json!("evil\r\nx-admin: 1")), None);
@@ -278,18 +243,10 @@ mod tests {
 
     #[test]
     fn appends_the_peer_to_x_forwarded_for() {
-        let mut headers = map(&[
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-for", "10.0.0.2"),
-            ("forwarded", "for=1.2.3.4"),
-        ]);
+        let mut headers =
+            map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2"), ("forwarded", "for=1.2.3.4")]);
         let host = HeaderValue::from_static("api.example.com");
-        set_forwarded(
-            &mut headers,
-            "192.0.2.7".parse().unwrap(),
-            "https",
-            Some(&host),
-        );
+        set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "https", Some(&host));
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "api.example.com");

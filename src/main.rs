@@ -12,10 +12,7 @@ use portcullis::{Config, Gateway};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "An authentication gateway: TLS, routes, JWT verification, identity headers"
-)]
+#[command(version, about = "An authentication gateway: TLS, routes, JWT verification, identity headers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,9 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         // a closed stderr must not turn every logged request into a panic
@@ -60,21 +55,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => runtime.block_on(run(&config)),
-        Command::Dev { listen } => {
-            match runtime.block_on(portcullis::dev::run(listen, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => fail(error.to_string()),
-            }
-        }
+        Command::Dev { listen } => match runtime.block_on(portcullis::dev::run(listen, shutdown_signal())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(error.to_string()),
+        },
     }
 }
 
 fn check(path: &Path) -> ExitCode {
-    let config =
-        match Config::load(path).and_then(|config| portcullis::check(&config).map(|()| config)) {
-            Ok(config) => config,
-            Err(error) => return fail(error.to_string()),
-        };
+    let config = match Config::load(path).and_then(|config| portcullis::check(&config).map(|()| config)) {
+        Ok(config) => config,
+        Err(error) => return fail(error.to_string()),
+    };
     println!("{}: ok", config.origin);
     print!("{}", config.describe());
     ExitCode::SUCCESS
@@ -104,11 +96,10 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return drop(interrupt.await),
-            };
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return drop(interrupt.await),
+        };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

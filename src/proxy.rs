@@ -41,11 +41,7 @@ pub(crate) struct Proxy {
 }
 
 impl Proxy {
-    pub(crate) async fn handle(
-        &self,
-        request: Request<Incoming>,
-        connection: Connection,
-    ) -> Response<ProxyBody> {
+    pub(crate) async fn handle(&self, request: Request<Incoming>, connection: Connection) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.state.load_full();
         let method = request.method().clone();
@@ -61,10 +57,7 @@ impl Proxy {
             Err(rejection) => {
                 let code = rejection.code();
                 let detail = rejection.to_string();
-                (
-                    rejection.into_response().map(Either::Right),
-                    Some((code, detail)),
-                )
+                (rejection.into_response().map(Either::Right), Some((code, detail)))
             }
         };
         tracing::info!(
@@ -97,17 +90,9 @@ impl Proxy {
             inject_identity(&mut request, route, identity)?;
         }
         let proto = if connection.tls { "https" } else { "http" };
-        headers::set_forwarded(
-            request.headers_mut(),
-            connection.peer.ip(),
-            proto,
-            matched.authority.as_ref(),
-        );
+        headers::set_forwarded(request.headers_mut(), connection.peer.ip(), proto, matched.authority.as_ref());
         let request = to_upstream(request, &matched)?;
-        let mut response = self
-            .upstream
-            .forward(request, route.upstream_timeout)
-            .await?;
+        let mut response = self.upstream.forward(request, route.upstream_timeout).await?;
         headers::clean_response(response.headers_mut());
         Ok(response)
     }
@@ -122,27 +107,16 @@ struct Matched<'a> {
 }
 
 /// The route for a request, matched on its canonical path and host.
-fn match_route<'a>(
-    snapshot: &'a Snapshot,
-    request: &Request<Incoming>,
-) -> Result<Matched<'a>, Rejection> {
+fn match_route<'a>(snapshot: &'a Snapshot, request: &Request<Incoming>) -> Result<Matched<'a>, Rejection> {
     let authority = authority(request)?;
     let path = path::canonicalize(request.uri().path()).map_err(Rejection::BadRequest)?;
     let host = authority.as_ref().and_then(host_name);
-    let route = snapshot
-        .config
-        .routes
-        .find(host.as_deref(), &path, request.method())
-        .ok_or(Rejection::NoRoute)?;
+    let route = snapshot.config.routes.find(host.as_deref(), &path, request.method()).ok_or(Rejection::NoRoute)?;
     let canonical_path = match path {
         Cow::Owned(path) => Some(path),
         Cow::Borrowed(_) => None,
     };
-    Ok(Matched {
-        route,
-        authority,
-        canonical_path,
-    })
+    Ok(Matched { route, authority, canonical_path })
 }
 
 /// The request's authority: the HTTP/2 `:authority` or absolute-form
@@ -170,11 +144,7 @@ fn host_name(authority: &HeaderValue) -> Option<String> {
 
 /// Sets the route's identity headers from verified claims; drops the token
 /// (header or cookie) unless the route forwards it.
-fn inject_identity(
-    request: &mut Request<Incoming>,
-    route: &RouteConfig,
-    identity: &Identity,
-) -> Result<(), Rejection> {
+fn inject_identity(request: &mut Request<Incoming>, route: &RouteConfig, identity: &Identity) -> Result<(), Rejection> {
     let headers = request.headers_mut();
     for (name, claim) in &route.inject_headers {
         if let Some(value) = identity.claim(claim) {
@@ -194,15 +164,12 @@ fn inject_identity(
 
 /// Points the request at the route's upstream with the canonical path (the
 /// one that was matched) and the query as sent.
-fn to_upstream(
-    mut request: Request<Incoming>,
-    matched: &Matched<'_>,
-) -> Result<Request<Incoming>, Rejection> {
+fn to_upstream(mut request: Request<Incoming>, matched: &Matched<'_>) -> Result<Request<Incoming>, Rejection> {
     let route = matched.route;
     let uri = request.uri();
     let path = matched.canonical_path.as_deref().unwrap_or(uri.path());
-    *request.uri_mut() = upstream::target(&route.upstream, path, uri.query())
-        .ok_or(Rejection::BadRequest("invalid request target"))?;
+    *request.uri_mut() =
+        upstream::target(&route.upstream, path, uri.query()).ok_or(Rejection::BadRequest("invalid request target"))?;
     // the pool picks HTTP/1.1 or HTTP/2 per upstream, whatever the client spoke
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();

@@ -59,10 +59,7 @@ impl Refetch {
 
     /// A kid an early fetch recently failed to find.
     pub(crate) fn is_known_unknown(&self, kid: &str) -> bool {
-        self.unknown
-            .load()
-            .get(kid)
-            .is_some_and(|until| Instant::now() < *until)
+        self.unknown.load().get(kid).is_some_and(|until| Instant::now() < *until)
     }
 
     /// Remembers that an early fetch did not bring `kid`.
@@ -70,11 +67,8 @@ impl Refetch {
         let until = Instant::now() + UNKNOWN_KID_TTL;
         self.unknown.rcu(|current| {
             let now = Instant::now();
-            let mut next: HashMap<String, Instant> = current
-                .iter()
-                .filter(|(_, t)| **t > now)
-                .map(|(k, t)| (k.clone(), *t))
-                .collect();
+            let mut next: HashMap<String, Instant> =
+                current.iter().filter(|(_, t)| **t > now).map(|(k, t)| (k.clone(), *t)).collect();
             if next.len() < UNKNOWN_KIDS_KEPT {
                 next.insert(kid.to_owned(), until);
             }
@@ -89,26 +83,14 @@ impl Refetch {
         let completions = self.completed.subscribe();
         let now = self.epoch.elapsed().as_millis() as u64;
         let asked = self.asked_at.load(Ordering::Acquire);
-        let cooled =
-            asked == NEVER || now.saturating_sub(asked) >= self.cooldown.as_millis() as u64;
-        if cooled
-            && self
-                .asked_at
-                .compare_exchange(asked, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
+        let cooled = asked == NEVER || now.saturating_sub(asked) >= self.cooldown.as_millis() as u64;
+        if cooled && self.asked_at.compare_exchange(asked, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.wake.notify_one();
-            return Some(Wait {
-                completions,
-                deadline: self.deadline(now),
-            });
+            return Some(Wait { completions, deadline: self.deadline(now) });
         }
         let asked = self.asked_at.load(Ordering::Acquire);
         let deadline = self.deadline(asked);
-        (self.is_outstanding() && tokio::time::Instant::now() < deadline).then_some(Wait {
-            completions,
-            deadline,
-        })
+        (self.is_outstanding() && tokio::time::Instant::now() < deadline).then_some(Wait { completions, deadline })
     }
 
     /// For a token that arrives while the first fetch is still under way.
@@ -116,10 +98,7 @@ impl Refetch {
         let completions = self.completed.subscribe();
         let deadline = tokio::time::Instant::now() + EARLY_FETCH_WAIT;
         let first_pending = *completions.borrow() == 0;
-        first_pending.then_some(Wait {
-            completions,
-            deadline,
-        })
+        first_pending.then_some(Wait { completions, deadline })
     }
 
     /// An early fetch was asked for and has not completed.
@@ -149,30 +128,18 @@ mod tests {
     #[tokio::test]
     async fn early_fetches_respect_the_cooldown() {
         let refetch = Refetch::new(Duration::from_secs(60));
-        assert!(
-            refetch.first_load().is_some(),
-            "before any fetch, wait for the first"
-        );
+        assert!(refetch.first_load().is_some(), "before any fetch, wait for the first");
         refetch.completed(None);
         assert!(refetch.first_load().is_none(), "after it, not again");
-        assert!(
-            !refetch.is_outstanding(),
-            "periodic fetches are never waited for"
-        );
+        assert!(!refetch.is_outstanding(), "periodic fetches are never waited for");
 
         let first = refetch.early().expect("the first unknown kid may ask");
         assert!(refetch.is_outstanding());
         let joined = refetch.early().expect("a concurrent one joins it");
-        assert_eq!(
-            joined.deadline, first.deadline,
-            "and gives up at the same time"
-        );
+        assert_eq!(joined.deadline, first.deadline, "and gives up at the same time");
         let asked = refetch.asked_at.load(Ordering::Acquire);
         refetch.completed(Some(asked));
         assert!(!refetch.is_outstanding());
-        assert!(
-            refetch.early().is_none(),
-            "within the cooldown: deny at once"
-        );
+        assert!(refetch.early().is_none(), "within the cooldown: deny at once");
     }
 }

@@ -20,22 +20,11 @@ impl RouteTable {
     }
 
     /// The most specific route for a request; `host` is lowercase, without port.
-    pub(crate) fn find(
-        &self,
-        host: Option<&str>,
-        path: &str,
-        method: &Method,
-    ) -> Option<&RouteConfig> {
+    pub(crate) fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&RouteConfig> {
         self.routes.iter().find(|route| {
-            route
-                .host
-                .as_deref()
-                .is_none_or(|wanted| Some(wanted) == host)
+            route.host.as_deref().is_none_or(|wanted| Some(wanted) == host)
                 && path_has_prefix(path, &route.path)
-                && route
-                    .methods
-                    .as_ref()
-                    .is_none_or(|methods| methods.contains(method))
+                && route.methods.as_ref().is_none_or(|methods| methods.contains(method))
         })
     }
 }
@@ -60,19 +49,13 @@ mod tests {
         RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes)
     }
 
-    fn name<'a>(
-        table: &'a RouteTable,
-        host: Option<&str>,
-        path: &str,
-        method: Method,
-    ) -> Option<&'a str> {
+    fn name<'a>(table: &'a RouteTable, host: Option<&str>, path: &str, method: Method) -> Option<&'a str> {
         table.find(host, path, &method).map(|r| r.name.as_str())
     }
 
     #[test]
     fn prefixes_match_whole_segments() {
-        let t =
-            table("[[routes]]\nname = \"orders\"\npath = \"/orders\"\nupstream = \"http://o\"\n");
+        let t = table("[[routes]]\nname = \"orders\"\npath = \"/orders\"\nupstream = \"http://o\"\n");
         assert_eq!(name(&t, None, "/orders", Method::GET), Some("orders"));
         assert_eq!(name(&t, None, "/orders/1", Method::GET), Some("orders"));
         assert_eq!(name(&t, None, "/ordersX", Method::GET), None);
@@ -105,14 +88,8 @@ mod tests {
         );
         assert_eq!(name(&t, None, "/x", Method::GET), Some("root"));
         assert_eq!(name(&t, None, "/orders/1", Method::GET), Some("orders"));
-        assert_eq!(
-            name(&t, Some("api.example.com"), "/orders/1", Method::GET),
-            Some("orders-on-api")
-        );
-        assert_eq!(
-            name(&t, None, "/orders/new", Method::POST),
-            Some("orders-write")
-        );
+        assert_eq!(name(&t, Some("api.example.com"), "/orders/1", Method::GET), Some("orders-on-api"));
+        assert_eq!(name(&t, None, "/orders/new", Method::POST), Some("orders-write"));
         assert_eq!(name(&t, None, "/orders/new", Method::GET), Some("orders"));
     }
 }

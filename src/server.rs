@@ -35,10 +35,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A gateway bound to its address, with its key refresh loops running.
@@ -56,28 +53,15 @@ impl Gateway {
     pub async fn bind(config: &Config) -> Result<Gateway, StartError> {
         let tls = tls::server_config(config)?.map(TlsAcceptor::from);
         let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
         let background = CancellationToken::new();
         let (_control, state) = Control::start(config, background.clone())?;
-        let proxy = Arc::new(Proxy {
-            state,
-            upstream: UpstreamClient::new(),
-        });
-        Ok(Gateway {
-            listener,
-            tls,
-            proxy,
-            http: Arc::new(http_builder()),
-            _background: background.drop_guard(),
-        })
+        let proxy = Arc::new(Proxy { state, upstream: UpstreamClient::new() });
+        Ok(Gateway { listener, tls, proxy, http: Arc::new(http_builder()), _background: background.drop_guard() })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets
@@ -104,14 +88,8 @@ impl Gateway {
             }
         }
         drop(self.listener);
-        tracing::info!(
-            connections = graceful.count(),
-            "shutting down: draining connections"
-        );
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        tracing::info!(connections = graceful.count(), "shutting down: draining connections");
+        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
         }
     }
@@ -119,14 +97,8 @@ impl Gateway {
 
 fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     builder
 }
 
@@ -144,26 +116,16 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
     });
     let result = match tls {
-        None => {
-            watcher
-                .watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service))
-                .await
-        }
-        Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    watcher
-                        .watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service))
-                        .await
-                }
-                Ok(Err(error)) => {
-                    return tracing::debug!(peer = %connection.peer, %error, "TLS handshake failed");
-                }
-                Err(_) => {
-                    return tracing::debug!(peer = %connection.peer, "TLS handshake timed out");
-                }
+        None => watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
+        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
+            Ok(Err(error)) => {
+                return tracing::debug!(peer = %connection.peer, %error, "TLS handshake failed");
             }
-        }
+            Err(_) => {
+                return tracing::debug!(peer = %connection.peer, "TLS handshake timed out");
+            }
+        },
     };
     if let Err(error) = result {
         tracing::debug!(peer = %connection.peer, %error, "connection ended with an error");

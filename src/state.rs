@@ -57,10 +57,7 @@ impl Compiled {
         Compiled {
             routes: RouteTable::new(config.routes.clone()),
             identity_headers: IdentityHeaders::new(
-                config
-                    .routes
-                    .iter()
-                    .flat_map(|r| r.inject_headers.iter().map(|(name, _)| name)),
+                config.routes.iter().flat_map(|r| r.inject_headers.iter().map(|(name, _)| name)),
             ),
             providers: config.providers.iter().map(Provider::new).collect(),
         }
@@ -70,9 +67,6 @@ impl Compiled {
 impl Snapshot {
     /// The provider whose `issuer` is exactly `iss`, by index.
     pub(crate) fn provider_for(&self, iss: &str) -> Option<usize> {
-        self.config
-            .providers
-            .iter()
-            .position(|p| p.config.issuer == iss)
+        self.config.providers.iter().position(|p| p.config.issuer == iss)
     }
 }

@@ -68,9 +68,8 @@ impl UpstreamClient {
 
 /// The upstream URI for a request: base URL + path + query as sent.
 pub(crate) fn target(upstream: &Upstream, path: &str, query: Option<&str>) -> Option<Uri> {
-    let mut path_and_query = String::with_capacity(
-        upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-    );
+    let mut path_and_query =
+        String::with_capacity(upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
     path_and_query.push_str(&upstream.base_path);
     path_and_query.push_str(path);
     if let Some(query) = query {
@@ -87,18 +86,14 @@ pub(crate) fn target(upstream: &Upstream, path: &str, query: Option<&str>) -> Op
 
 /// System roots for `https://` upstreams, through the one crypto provider.
 fn tls_client_config() -> rustls::ClientConfig {
-    let builder = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::aws_lc_rs::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .expect("aws-lc-rs supports the default protocol versions");
+    let builder = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions");
     match builder.clone().with_native_roots() {
         Ok(roots) => roots.with_no_client_auth(),
         Err(error) => {
             tracing::warn!(%error, "no system CA certificates: https upstreams cannot be verified");
-            builder
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
+            builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
         }
     }
 }

@@ -23,12 +23,7 @@ impl KeyLines {
             let line = raw.trim();
             let number = index + 1;
             if let Some(rest) = line.strip_prefix("[[") {
-                let name = rest
-                    .split("]]")
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned();
+                let name = rest.split("]]").next().unwrap_or_default().trim().to_owned();
                 let count = array_counts.entry(name.clone()).or_insert(0);
                 table = format!("{name}[{count}]");
                 *count += 1;
@@ -40,11 +35,7 @@ impl KeyLines {
                 && let Some((key, _)) = line.split_once('=')
             {
                 let key = key.trim().trim_matches('"');
-                let path = if table.is_empty() {
-                    key.to_owned()
-                } else {
-                    format!("{table}.{key}")
-                };
+                let path = if table.is_empty() { key.to_owned() } else { format!("{table}.{key}") };
                 entries.push((number, path));
             }
         }
@@ -64,22 +55,14 @@ impl KeyLines {
 
     /// The key being set at `line` (or the closest one above it) and its line.
     pub(crate) fn key_at_line(&self, line: usize) -> Option<&str> {
-        self.entries
-            .iter()
-            .take_while(|(number, _)| *number <= line)
-            .last()
-            .map(|(_, path)| path.as_str())
+        self.entries.iter().take_while(|(number, _)| *number <= line).last().map(|(_, path)| path.as_str())
     }
 }
 
 /// The 1-based line holding byte `offset` of `text`.
 pub(crate) fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]
@@ -103,10 +86,7 @@ inject_headers = { "x-user-id" = "sub" }
         let lines = KeyLines::scan(TEXT);
         assert_eq!(lines.line_of("server.listen"), Some(3));
         assert_eq!(lines.line_of("routes[1].name"), Some(9));
-        assert_eq!(
-            lines.line_of("routes[1].inject_headers.x-user-id"),
-            Some(10)
-        );
+        assert_eq!(lines.line_of("routes[1].inject_headers.x-user-id"), Some(10));
         assert_eq!(lines.line_of("routes[1].upstream"), Some(8));
         assert_eq!(lines.line_of("providers[0].issuer"), None);
     }

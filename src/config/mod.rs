@@ -209,10 +209,7 @@ pub(crate) struct Invalid {
 }
 
 pub(crate) fn invalid(key: impl Into<String>, reason: impl fmt::Display) -> Invalid {
-    Invalid {
-        key: key.into(),
-        reason: reason.to_string(),
-    }
+    Invalid { key: key.into(), reason: reason.to_string() }
 }
 
 impl Config {
@@ -246,42 +243,29 @@ impl Config {
             ConfigError {
                 file: origin.to_owned(),
                 line,
-                key: line
-                    .and_then(|line| lines.key_at_line(line))
-                    .map(str::to_owned),
+                key: line.and_then(|line| lines.key_at_line(line)).map(str::to_owned),
                 reason: error.message().trim().to_owned(),
             }
         })?;
         adjust(&mut file);
         let lines = Arc::new(lines);
-        validate::config(file, origin, lines.clone()).map_err(|Invalid { key, reason }| {
-            ConfigError {
-                file: origin.to_owned(),
-                line: lines.line_of(&key),
-                key: Some(key),
-                reason,
-            }
+        validate::config(file, origin, lines.clone()).map_err(|Invalid { key, reason }| ConfigError {
+            file: origin.to_owned(),
+            line: lines.line_of(&key),
+            key: Some(key),
+            reason,
         })
     }
 
     /// An error about `key` found after validation (TLS files, say).
     pub(crate) fn error(&self, key: &str, reason: String) -> ConfigError {
-        ConfigError {
-            file: self.origin.clone(),
-            line: self.lines.line_of(key),
-            key: Some(key.to_owned()),
-            reason,
-        }
+        ConfigError { file: self.origin.clone(), line: self.lines.line_of(key), key: Some(key.to_owned()), reason }
     }
 
     /// A human summary of what was understood, routes in match order.
     pub fn describe(&self) -> String {
         let mut out = String::new();
-        let scheme = if self.server.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if self.server.tls.is_some() { "https" } else { "http" };
         out.push_str(&format!("listen {scheme}://{}\n", self.server.listen));
         for p in &self.providers {
             let algorithms: Vec<String> = p.algorithms.iter().map(|a| format!("{a:?}")).collect();
@@ -327,25 +311,12 @@ impl RouteConfig {
     fn describe(&self) -> String {
         let host = self.host.as_deref().unwrap_or("*");
         let methods = match &self.methods {
-            Some(methods) => methods
-                .iter()
-                .map(Method::as_str)
-                .collect::<Vec<_>>()
-                .join(","),
+            Some(methods) => methods.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
             None => "any method".to_owned(),
         };
-        let mut line = format!(
-            "{methods} {host}{} -> {} (auth {}",
-            self.path,
-            self.upstream,
-            self.auth.as_str()
-        );
+        let mut line = format!("{methods} {host}{} -> {} (auth {}", self.path, self.upstream, self.auth.as_str());
         for requirement in &self.require_claims {
-            line.push_str(&format!(
-                ", require {}=[{}]",
-                requirement.claim,
-                requirement.values.join(",")
-            ));
+            line.push_str(&format!(", require {}=[{}]", requirement.claim, requirement.values.join(",")));
         }
         for (header, claim) in &self.inject_headers {
             line.push_str(&format!(", {header} <- {claim}"));
@@ -368,9 +339,7 @@ audiences = ["api"]
 "#;
 
     fn error(routes: &str) -> String {
-        Config::parse(&format!("{PROVIDER}{routes}"), "t.toml")
-            .map(|_| String::new())
-            .unwrap_or_else(|e| e.to_string())
+        Config::parse(&format!("{PROVIDER}{routes}"), "t.toml").map(|_| String::new()).unwrap_or_else(|e| e.to_string())
     }
 
     fn route(extra: &str) -> String {
@@ -380,18 +349,9 @@ audiences = ["api"]
     #[test]
     fn route_rules_are_enforced_with_the_key_and_line() {
         let cases = [
-            (
-                route("host = \"api.test:443\""),
-                "t.toml:11: routes[0].host: \"api.test:443\" must be a bare host name",
-            ),
-            (
-                route("methods = []"),
-                "t.toml:11: routes[0].methods: list at least one method",
-            ),
-            (
-                route("methods = [\"GE T\"]"),
-                "routes[0].methods: \"GE T\" is not an HTTP method",
-            ),
+            (route("host = \"api.test:443\""), "t.toml:11: routes[0].host: \"api.test:443\" must be a bare host name"),
+            (route("methods = []"), "t.toml:11: routes[0].methods: list at least one method"),
+            (route("methods = [\"GE T\"]"), "routes[0].methods: \"GE T\" is not an HTTP method"),
             (
                 route("auth = \"optional\"\nrequire_claims = { roles = \"a\" }"),
                 "routes[0].require_claims: claims can only be required",
@@ -400,30 +360,12 @@ audiences = ["api"]
                 route("auth = \"public\"\ninject_headers = { \"x-id\" = \"sub\" }"),
                 "routes[0].inject_headers: a public route",
             ),
-            (
-                route("inject_headers = { \"x_id\" = \"sub\" }"),
-                "routes[0].inject_headers.x_id: use '-'",
-            ),
-            (
-                route("inject_headers = { \"x-forwarded-for\" = \"sub\" }"),
-                "is managed by the proxy",
-            ),
-            (
-                route("require_claims = { roles = [] }"),
-                "routes[0].require_claims.roles: give a claim name",
-            ),
-            (
-                route("upstream_timeout = \"0s\""),
-                "routes[0].upstream_timeout: must be longer than zero",
-            ),
-            (
-                route("auth = \"sometimes\""),
-                "t.toml:11: routes[0].auth: unknown variant `sometimes`",
-            ),
-            (
-                format!("{}{}", route(""), route("")),
-                "routes[1].name: \"r\" is the same as routes[0]'s",
-            ),
+            (route("inject_headers = { \"x_id\" = \"sub\" }"), "routes[0].inject_headers.x_id: use '-'"),
+            (route("inject_headers = { \"x-forwarded-for\" = \"sub\" }"), "is managed by the proxy"),
+            (route("require_claims = { roles = [] }"), "routes[0].require_claims.roles: give a claim name"),
+            (route("upstream_timeout = \"0s\""), "routes[0].upstream_timeout: must be longer than zero"),
+            (route("auth = \"sometimes\""), "t.toml:11: routes[0].auth: unknown variant `sometimes`"),
+            (format!("{}{}", route(""), route("")), "routes[1].name: \"r\" is the same as routes[0]'s"),
             (
                 format!(
                     "{}{}",
@@ -432,17 +374,11 @@ audiences = ["api"]
                 ),
                 "routes[1].path: routes[0] (\"r\") has the same host and path and takes all its methods",
             ),
-            (
-                String::new(),
-                "routes: at least one [[routes]] entry is needed",
-            ),
+            (String::new(), "routes: at least one [[routes]] entry is needed"),
         ];
         for (routes, expected) in cases {
             let message = error(&routes);
-            assert!(
-                message.contains(expected),
-                "wanted {expected:?}, got {message:?}"
-            );
+            assert!(message.contains(expected), "wanted {expected:?}, got {message:?}");
         }
     }
 
@@ -450,11 +386,7 @@ audiences = ["api"]
     fn a_route_that_could_still_match_is_accepted() {
         let named = |name: &str, extra: &str| route(extra).replace("\"r\"", &format!("{name:?}"));
         let accepted = [
-            format!(
-                "{}{}",
-                named("a", "methods = [\"GET\"]"),
-                named("b", "methods = [\"POST\"]")
-            ),
+            format!("{}{}", named("a", "methods = [\"GET\"]"), named("b", "methods = [\"POST\"]")),
             format!("{}{}", named("a", "methods = [\"GET\"]"), named("b", "")),
             format!("{}{}", named("a", ""), named("b", "host = \"api.test\"")),
         ];
@@ -475,13 +407,8 @@ audiences = ["api"]
             "transfer-encoding",
             "forwarded",
         ] {
-            let message = error(&route(&format!(
-                "inject_headers = {{ \"{name}\" = \"sub\" }}"
-            )));
-            assert!(
-                message.contains("managed by the proxy"),
-                "{name}: {message}"
-            );
+            let message = error(&route(&format!("inject_headers = {{ \"{name}\" = \"sub\" }}")));
+            assert!(message.contains("managed by the proxy"), "{name}: {message}");
         }
     }
 
@@ -491,63 +418,36 @@ audiences = ["api"]
             let text = format!("{}{}", PROVIDER.replace(from, to), route(""));
             Config::parse(&text, "t.toml").unwrap_err().to_string()
         };
-        assert!(
-            with("https://idp.test/jwks", "ftp://idp.test/jwks")
-                .contains("providers[0].jwks_url: scheme \"ftp\"")
-        );
+        assert!(with("https://idp.test/jwks", "ftp://idp.test/jwks").contains("providers[0].jwks_url: scheme \"ftp\""));
         assert!(with("https://idp.test/jwks", "not a url").contains("providers[0].jwks_url:"));
         assert!(with("audiences = [\"api\"]", "audiences = []").contains("providers[0].audiences"));
         assert!(
-            with("issuer = \"https://idp.test\"", "issuer = \" \"")
-                .contains("providers[0].issuer: must not be empty")
+            with("issuer = \"https://idp.test\"", "issuer = \" \"").contains("providers[0].issuer: must not be empty")
         );
         assert!(with("audiences", "leeway = \"10m\"\naudiences").contains("providers[0].leeway"));
-        let twice = format!(
-            "{PROVIDER}{}{}",
-            PROVIDER.replace("\"idp\"", "\"idp2\""),
-            route("")
-        );
+        let twice = format!("{PROVIDER}{}{}", PROVIDER.replace("\"idp\"", "\"idp2\""), route(""));
         let message = Config::parse(&twice, "t.toml").unwrap_err().to_string();
         assert!(
-            message.contains(
-                "t.toml:10: providers[1].issuer: \"https://idp.test\" is the same as providers[0]'s"
-            ),
+            message.contains("t.toml:10: providers[1].issuer: \"https://idp.test\" is the same as providers[0]'s"),
             "{message}"
         );
         let public_only = Config::parse(&route("auth = \"public\""), "t.toml");
-        assert!(
-            public_only.is_ok(),
-            "no provider is needed when no route verifies"
-        );
+        assert!(public_only.is_ok(), "no provider is needed when no route verifies");
         let message = Config::parse(&route(""), "t.toml").unwrap_err().to_string();
-        assert!(
-            message
-                .contains("routes[0].auth: auth = \"required\" needs at least one [[providers]]"),
-            "{message}"
-        );
+        assert!(message.contains("routes[0].auth: auth = \"required\" needs at least one [[providers]]"), "{message}");
     }
 
     fn provider_error(replace: &str, with: &str) -> String {
         let text = format!("{}{}", PROVIDER.replace(replace, with), route(""));
-        Config::parse(&text, "t.toml")
-            .map(|_| String::new())
-            .unwrap_or_else(|e| e.to_string())
+        Config::parse(&text, "t.toml").map(|_| String::new()).unwrap_or_else(|e| e.to_string())
     }
 
     #[test]
     fn exactly_one_key_source() {
         let jwks = "jwks_url = \"https://idp.test/jwks\"";
         let cases = [
-            (
-                jwks,
-                "",
-                "t.toml:2: providers[0]: name where keys come from",
-            ),
-            (
-                jwks,
-                "discovery = false",
-                "providers[0]: name where keys come from",
-            ),
+            (jwks, "", "t.toml:2: providers[0]: name where keys come from"),
+            (jwks, "discovery = false", "providers[0]: name where keys come from"),
             (
                 jwks,
                 "jwks_url = \"https://idp.test/jwks\"\njwks_file = \"k.json\"",
@@ -588,18 +488,11 @@ audiences = ["api"]
                 "issuer = \"idp\"\ndiscovery = true",
                 "providers[0].issuer: discovery needs an issuer URL",
             ),
-            (
-                "name = \"idp\"",
-                "name = \"i/dp\"",
-                "providers[0].name: use letters, digits",
-            ),
+            ("name = \"idp\"", "name = \"i/dp\"", "providers[0].name: use letters, digits"),
         ];
         for (replace, with, expected) in cases {
             let message = provider_error(replace, with);
-            assert!(
-                message.contains(expected),
-                "wanted {expected:?}, got {message:?}"
-            );
+            assert!(message.contains(expected), "wanted {expected:?}, got {message:?}");
         }
     }
 
@@ -612,11 +505,7 @@ audiences = ["api"]
         };
         let secret = parse("secret_file = \"s.txt\"");
         assert_eq!(secret.source, KeySource::SecretFile("s.txt".into()));
-        assert_eq!(
-            secret.algorithms,
-            [Algorithm::HS256],
-            "secrets default to HS256"
-        );
+        assert_eq!(secret.algorithms, [Algorithm::HS256], "secrets default to HS256");
         let discovery = parse("discovery = true");
         let KeySource::Remote(remote) = &discovery.source else {
             panic!("{:?}", discovery.source);
@@ -624,58 +513,29 @@ audiences = ["api"]
         let RemoteLocation::Discovery(url) = &remote.location else {
             panic!("{:?}", remote.location);
         };
-        assert_eq!(
-            url.as_str(),
-            "https://idp.test/.well-known/openid-configuration"
-        );
+        assert_eq!(url.as_str(), "https://idp.test/.well-known/openid-configuration");
         let pem = parse(
             "public_key_file = \"k.pem\"\nalgorithms = [\"ES256\", \"EdDSA\"]\nrequired_typ = \"application/AT+JWT\"",
         );
         assert_eq!(pem.algorithms, [Algorithm::ES256, Algorithm::EdDSA]);
         assert_eq!(pem.required_typ.as_deref(), Some("at+jwt"));
-        let remote =
-            parse("jwks_url = \"https://i/j\"\nmax_jwks_size = \"64 KiB\"\nmax_stale = \"0s\"");
-        let KeySource::Remote(remote) = remote.source else {
-            panic!()
-        };
-        assert_eq!(
-            (remote.max_size, remote.max_stale),
-            (64 * 1024, Duration::ZERO)
-        );
+        let remote = parse("jwks_url = \"https://i/j\"\nmax_jwks_size = \"64 KiB\"\nmax_stale = \"0s\"");
+        let KeySource::Remote(remote) = remote.source else { panic!() };
+        assert_eq!((remote.max_size, remote.max_stale), (64 * 1024, Duration::ZERO));
     }
 
     #[test]
     fn route_providers_and_token_sources() {
         let parse = |extra: &str| Config::parse(&format!("{PROVIDER}{}", route(extra)), "t.toml");
-        let config =
-            parse("providers = [\"idp\"]\ntoken_sources = [\"cookie:session\", \"header\"]")
-                .unwrap();
+        let config = parse("providers = [\"idp\"]\ntoken_sources = [\"cookie:session\", \"header\"]").unwrap();
         assert_eq!(config.routes[0].providers, Some(vec![0]));
-        assert_eq!(
-            config.routes[0].token_sources,
-            [TokenSource::Cookie("session".into()), TokenSource::Header]
-        );
+        assert_eq!(config.routes[0].token_sources, [TokenSource::Cookie("session".into()), TokenSource::Header]);
         let cases = [
-            (
-                "providers = [\"nope\"]",
-                "routes[0].providers: \"nope\" is not the name of a [[providers]] entry",
-            ),
-            (
-                "providers = []",
-                "routes[0].providers: list at least one provider",
-            ),
-            (
-                "token_sources = [\"query:token\"]",
-                "tokens in the query string are not supported",
-            ),
-            (
-                "token_sources = [\"cookie:\"]",
-                "\"cookie:\" is not \"header\" or \"cookie:NAME\"",
-            ),
-            (
-                "token_sources = [\"header\", \"header\"]",
-                "\"header\" is listed twice",
-            ),
+            ("providers = [\"nope\"]", "routes[0].providers: \"nope\" is not the name of a [[providers]] entry"),
+            ("providers = []", "routes[0].providers: list at least one provider"),
+            ("token_sources = [\"query:token\"]", "tokens in the query string are not supported"),
+            ("token_sources = [\"cookie:\"]", "\"cookie:\" is not \"header\" or \"cookie:NAME\""),
+            ("token_sources = [\"header\", \"header\"]", "\"header\" is listed twice"),
             (
                 "auth = \"public\"\ntoken_sources = [\"header\"]",
                 "routes[0].token_sources: a public route verifies no token",
@@ -683,23 +543,15 @@ audiences = ["api"]
         ];
         for (extra, expected) in cases {
             let message = parse(extra).unwrap_err().to_string();
-            assert!(
-                message.contains(expected),
-                "wanted {expected:?}, got {message:?}"
-            );
+            assert!(message.contains(expected), "wanted {expected:?}, got {message:?}");
         }
     }
 
     #[test]
     fn defaults_and_normalisation() {
-        let config = Config::parse(
-            &format!(
-                "{PROVIDER}{}",
-                route("host = \"API.Test\"\nmethods = [\"get\"]")
-            ),
-            "t.toml",
-        )
-        .unwrap();
+        let config =
+            Config::parse(&format!("{PROVIDER}{}", route("host = \"API.Test\"\nmethods = [\"get\"]")), "t.toml")
+                .unwrap();
         assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
         assert!(config.server.tls.is_none());
         let provider = &config.providers[0];
@@ -707,10 +559,7 @@ audiences = ["api"]
             panic!("{:?}", provider.source);
         };
         assert_eq!(remote.refresh_interval, DEFAULT_REFRESH_INTERVAL);
-        assert_eq!(
-            (remote.min_refresh, remote.max_refresh),
-            (DEFAULT_MIN_REFRESH, DEFAULT_MAX_REFRESH)
-        );
+        assert_eq!((remote.min_refresh, remote.max_refresh), (DEFAULT_MIN_REFRESH, DEFAULT_MAX_REFRESH));
         assert_eq!(remote.max_size, DEFAULT_MAX_JWKS_SIZE);
         assert_eq!(remote.max_stale, DEFAULT_MAX_STALE);
         assert_eq!(provider.algorithms, [Algorithm::RS256]);

@@ -17,15 +17,8 @@ const MAX_LEEWAY: Duration = Duration::from_secs(300);
 pub(super) fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, Invalid> {
     let key = |name: &str| format!("providers[{i}].{name}");
     non_empty(&key("name"), &file.name)?;
-    if !file
-        .name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(invalid(
-            key("name"),
-            "use letters, digits, '-', '_' and '.' only",
-        ));
+    if !file.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(invalid(key("name"), "use letters, digits, '-', '_' and '.' only"));
     }
     non_empty(&key("issuer"), &file.issuer)?;
     if file.audiences.is_empty() || file.audiences.iter().any(String::is_empty) {
@@ -38,10 +31,7 @@ pub(super) fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, I
     let algorithms = algorithms(&key("algorithms"), file.algorithms.as_deref(), &source)?;
     let leeway = file.leeway.unwrap_or(DEFAULT_LEEWAY);
     if leeway > MAX_LEEWAY {
-        return Err(invalid(
-            key("leeway"),
-            "more than 5m of clock skew would accept long-expired tokens",
-        ));
+        return Err(invalid(key("leeway"), "more than 5m of clock skew would accept long-expired tokens"));
     }
     let required_typ = match file.required_typ {
         Some(typ) if typ.trim().is_empty() => {
@@ -55,11 +45,7 @@ pub(super) fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, I
         None => None,
     };
     Ok(ProviderConfig {
-        refetch_cooldown: positive(
-            &key("refetch_cooldown"),
-            file.refetch_cooldown,
-            DEFAULT_REFETCH_COOLDOWN,
-        )?,
+        refetch_cooldown: positive(&key("refetch_cooldown"), file.refetch_cooldown, DEFAULT_REFETCH_COOLDOWN)?,
         name: file.name,
         issuer: file.issuer,
         audiences: file.audiences,
@@ -93,10 +79,7 @@ fn source(i: usize, file: &ProviderFile) -> Result<KeySource, Invalid> {
             ));
         }
         [_, second, ..] => {
-            return Err(invalid(
-                key(second),
-                format!("set only one key source, not {}", named.join(" and ")),
-            ));
+            return Err(invalid(key(second), format!("set only one key source, not {}", named.join(" and "))));
         }
         ["jwks_url"] => {
             let url = file.jwks_url.as_deref().unwrap_or_default();
@@ -104,22 +87,13 @@ fn source(i: usize, file: &ProviderFile) -> Result<KeySource, Invalid> {
             KeySource::Remote(Box::new(remote(i, file, location)?))
         }
         ["discovery"] => {
-            let url = format!(
-                "{}/.well-known/openid-configuration",
-                file.issuer.trim_end_matches('/')
-            );
-            let url = remote_url(&key("issuer"), &url).map_err(|e| {
-                invalid(
-                    e.key,
-                    format!("discovery needs an issuer URL: {}", e.reason),
-                )
-            })?;
+            let url = format!("{}/.well-known/openid-configuration", file.issuer.trim_end_matches('/'));
+            let url = remote_url(&key("issuer"), &url)
+                .map_err(|e| invalid(e.key, format!("discovery needs an issuer URL: {}", e.reason)))?;
             KeySource::Remote(Box::new(remote(i, file, RemoteLocation::Discovery(url))?))
         }
         ["jwks_file"] => KeySource::JwksFile(file.jwks_file.clone().unwrap_or_default()),
-        ["public_key_file"] => {
-            KeySource::PublicKeyFile(file.public_key_file.clone().unwrap_or_default())
-        }
+        ["public_key_file"] => KeySource::PublicKeyFile(file.public_key_file.clone().unwrap_or_default()),
         ["secret_env"] => KeySource::SecretEnv(file.secret_env.clone().unwrap_or_default()),
         _ => KeySource::SecretFile(file.secret_file.clone().unwrap_or_default()),
     };
@@ -134,31 +108,18 @@ fn remote(i: usize, file: &ProviderFile, location: RemoteLocation) -> Result<Rem
     let min_refresh = positive(&key("min_refresh"), file.min_refresh, DEFAULT_MIN_REFRESH)?;
     let max_refresh = positive(&key("max_refresh"), file.max_refresh, DEFAULT_MAX_REFRESH)?;
     if min_refresh > max_refresh {
-        return Err(invalid(
-            key("max_refresh"),
-            "must not be shorter than min_refresh",
-        ));
+        return Err(invalid(key("max_refresh"), "must not be shorter than min_refresh"));
     }
-    let max_size = file
-        .max_jwks_size
-        .map_or(DEFAULT_MAX_JWKS_SIZE, |size| size.as_u64());
+    let max_size = file.max_jwks_size.map_or(DEFAULT_MAX_JWKS_SIZE, |size| size.as_u64());
     if max_size < 1024 {
         return Err(invalid(key("max_jwks_size"), "must be at least 1 KiB"));
     }
     Ok(RemoteKeys {
         location,
-        refresh_interval: positive(
-            &key("refresh_interval"),
-            file.refresh_interval,
-            DEFAULT_REFRESH_INTERVAL,
-        )?,
+        refresh_interval: positive(&key("refresh_interval"), file.refresh_interval, DEFAULT_REFRESH_INTERVAL)?,
         min_refresh,
         max_refresh,
-        fetch_timeout: positive(
-            &key("fetch_timeout"),
-            file.fetch_timeout,
-            DEFAULT_FETCH_TIMEOUT,
-        )?,
+        fetch_timeout: positive(&key("fetch_timeout"), file.fetch_timeout, DEFAULT_FETCH_TIMEOUT)?,
         max_size,
         ca_file: file.ca_file.clone(),
         max_stale: file.max_stale.unwrap_or(DEFAULT_MAX_STALE),
@@ -189,29 +150,18 @@ fn refuse_remote_settings(i: usize, file: &ProviderFile, source: &str) -> Result
 
 /// An http(s) URL; plain http is allowed with a warning unless loopback.
 fn remote_url(key: &str, text: &str) -> Result<reqwest::Url, Invalid> {
-    let url = reqwest::Url::parse(text)
-        .map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
+    let url = reqwest::Url::parse(text).map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
     let Some(host) = url.host_str() else {
         return Err(invalid(key, format!("{text:?} has no host")));
     };
     let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+        || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}
-        "http" => tracing::warn!(
-            key,
-            url = text,
-            "JWKS is fetched over plain http: keys can be forged in transit"
-        ),
+        "http" => tracing::warn!(key, url = text, "JWKS is fetched over plain http: keys can be forged in transit"),
         other => {
-            return Err(invalid(
-                key,
-                format!("scheme {other:?} is not http or https"),
-            ));
+            return Err(invalid(key, format!("scheme {other:?} is not http or https")));
         }
     }
     Ok(url)
@@ -219,18 +169,10 @@ fn remote_url(key: &str, text: &str) -> Result<reqwest::Url, Invalid> {
 
 /// The algorithms keys may verify: HMAC for secrets only, public-key
 /// algorithms for everything else (a JWKS file may hold both).
-fn algorithms(
-    key: &str,
-    names: Option<&[String]>,
-    source: &KeySource,
-) -> Result<Vec<Algorithm>, Invalid> {
+fn algorithms(key: &str, names: Option<&[String]>, source: &KeySource) -> Result<Vec<Algorithm>, Invalid> {
     let secret = matches!(source, KeySource::SecretEnv(_) | KeySource::SecretFile(_));
     let Some(names) = names else {
-        return Ok(vec![if secret {
-            Algorithm::HS256
-        } else {
-            Algorithm::RS256
-        }]);
+        return Ok(vec![if secret { Algorithm::HS256 } else { Algorithm::RS256 }]);
     };
     if names.is_empty() {
         return Err(invalid(key, "list at least one algorithm"));
@@ -238,20 +180,17 @@ fn algorithms(
     let mut algorithms = Vec::new();
     for name in names {
         let algorithm = Algorithm::from_str(name).map_err(|_| {
-            invalid(key, format!("{name:?} is not one of RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512"))
+            invalid(
+                key,
+                format!("{name:?} is not one of RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512"),
+            )
         })?;
         let hmac = algorithm.family() == AlgorithmFamily::Hmac;
         if secret && !hmac {
-            return Err(invalid(
-                key,
-                format!("a shared secret verifies HS256/384/512 only, not {name}"),
-            ));
+            return Err(invalid(key, format!("a shared secret verifies HS256/384/512 only, not {name}")));
         }
         if hmac && matches!(source, KeySource::Remote(_) | KeySource::PublicKeyFile(_)) {
-            return Err(invalid(
-                key,
-                format!("{name} needs a shared secret (secret_env, secret_file or a jwks_file)"),
-            ));
+            return Err(invalid(key, format!("{name} needs a shared secret (secret_env, secret_file or a jwks_file)")));
         }
         if !algorithms.contains(&algorithm) {
             algorithms.push(algorithm);

@@ -12,11 +12,7 @@ use super::*;
 use crate::headers;
 use std::sync::Arc;
 
-pub(super) fn config(
-    file: ConfigFile,
-    origin: &str,
-    lines: Arc<KeyLines>,
-) -> Result<Config, Invalid> {
+pub(super) fn config(file: ConfigFile, origin: &str, lines: Arc<KeyLines>) -> Result<Config, Invalid> {
     let server = server(file.server)?;
     let providers: Vec<ProviderConfig> = file
         .providers
@@ -27,39 +23,22 @@ pub(super) fn config(
     unique("providers", "name", providers.iter().map(|p| &p.name))?;
     // a token's `iss` must pick exactly one provider
     unique("providers", "issuer", providers.iter().map(|p| &p.issuer))?;
-    let routes: Vec<RouteConfig> = file
-        .routes
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| route(i, r, &providers))
-        .collect::<Result<_, _>>()?;
+    let routes: Vec<RouteConfig> =
+        file.routes.into_iter().enumerate().map(|(i, r)| route(i, r, &providers)).collect::<Result<_, _>>()?;
     unique("routes", "name", routes.iter().map(|r| &r.name))?;
     if routes.is_empty() {
         return Err(invalid("routes", "at least one [[routes]] entry is needed"));
     }
     check_reachable(&routes)?;
-    Ok(Config {
-        origin: origin.to_owned(),
-        server,
-        providers,
-        routes: in_match_order(routes),
-        lines,
-    })
+    Ok(Config { origin: origin.to_owned(), server, providers, routes: in_match_order(routes), lines })
 }
 
 /// Refuses a value of `table[].field` seen twice, naming both entries.
-fn unique<'a>(
-    table: &str,
-    field: &str,
-    values: impl Iterator<Item = &'a String>,
-) -> Result<(), Invalid> {
+fn unique<'a>(table: &str, field: &str, values: impl Iterator<Item = &'a String>) -> Result<(), Invalid> {
     let values: Vec<&String> = values.collect();
     for (j, value) in values.iter().enumerate() {
         if let Some(i) = values[..j].iter().position(|earlier| earlier == value) {
-            return Err(invalid(
-                format!("{table}[{j}].{field}"),
-                format!("{value:?} is the same as {table}[{i}]'s"),
-            ));
+            return Err(invalid(format!("{table}[{j}].{field}"), format!("{value:?} is the same as {table}[{i}]'s")));
         }
     }
     Ok(())
@@ -67,26 +46,17 @@ fn unique<'a>(
 
 fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
     let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen: SocketAddr = listen.parse().map_err(|_| {
-        invalid(
-            "server.listen",
-            format!("{listen:?} is not an address like \"0.0.0.0:8443\""),
-        )
-    })?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| invalid("server.listen", format!("{listen:?} is not an address like \"0.0.0.0:8443\"")))?;
     let tls = match (file.tls_cert, file.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
         (Some(_), None) => {
-            return Err(invalid(
-                "server.tls_key",
-                "tls_cert is set, so tls_key is needed too",
-            ));
+            return Err(invalid("server.tls_key", "tls_cert is set, so tls_key is needed too"));
         }
         (None, Some(_)) => {
-            return Err(invalid(
-                "server.tls_cert",
-                "tls_key is set, so tls_cert is needed too",
-            ));
+            return Err(invalid("server.tls_cert", "tls_key is set, so tls_cert is needed too"));
         }
     };
     Ok(ServerConfig { listen, tls })
@@ -97,29 +67,17 @@ fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<Rout
     non_empty(&key("name"), &file.name)?;
     let auth = file.auth.unwrap_or(AuthMode::Required);
     if auth != AuthMode::Public && providers.is_empty() {
-        return Err(invalid(
-            key("auth"),
-            format!(
-                "auth = {:?} needs at least one [[providers]] entry",
-                auth.as_str()
-            ),
-        ));
+        return Err(invalid(key("auth"), format!("auth = {:?} needs at least one [[providers]] entry", auth.as_str())));
     }
     if !file.require_claims.is_empty() && auth != AuthMode::Required {
-        return Err(invalid(
-            key("require_claims"),
-            "claims can only be required when auth = \"required\"",
-        ));
+        return Err(invalid(key("require_claims"), "claims can only be required when auth = \"required\""));
     }
     let verifying = [
         ("inject_headers", !file.inject_headers.is_empty()),
         ("providers", file.providers.is_some()),
         ("token_sources", file.token_sources.is_some()),
     ];
-    if let Some((name, _)) = verifying
-        .iter()
-        .find(|(_, set)| *set && auth == AuthMode::Public)
-    {
+    if let Some((name, _)) = verifying.iter().find(|(_, set)| *set && auth == AuthMode::Public) {
         return Err(invalid(key(name), "a public route verifies no token"));
     }
     let mut require_claims = Vec::new();
@@ -142,58 +100,33 @@ fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<Rout
         inject_headers.push((injectable_header(&header_key, &header)?, claim));
     }
     Ok(RouteConfig {
-        providers: file
-            .providers
-            .map(|names| route_providers(&key("providers"), &names, providers))
-            .transpose()?,
+        providers: file.providers.map(|names| route_providers(&key("providers"), &names, providers)).transpose()?,
         token_sources: token_sources(&key("token_sources"), file.token_sources)?,
         path: route_path(&key("path"), file.path)?,
-        host: file
-            .host
-            .map(|host| route_host(&key("host"), &host))
-            .transpose()?,
-        methods: file
-            .methods
-            .map(|methods| route_methods(&key("methods"), methods))
-            .transpose()?,
+        host: file.host.map(|host| route_host(&key("host"), &host)).transpose()?,
+        methods: file.methods.map(|methods| route_methods(&key("methods"), methods)).transpose()?,
         upstream: upstream(&key("upstream"), &file.upstream)?,
         auth,
         require_claims,
         inject_headers,
         forward_token: file.forward_token.unwrap_or(false),
         preserve_host: file.preserve_host.unwrap_or(true),
-        upstream_timeout: positive(
-            &key("upstream_timeout"),
-            file.upstream_timeout,
-            DEFAULT_UPSTREAM_TIMEOUT,
-        )?,
+        upstream_timeout: positive(&key("upstream_timeout"), file.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT)?,
         name: file.name,
     })
 }
 
 /// Provider names -> indices into the config's providers.
-fn route_providers(
-    key: &str,
-    names: &[String],
-    providers: &[ProviderConfig],
-) -> Result<Vec<usize>, Invalid> {
+fn route_providers(key: &str, names: &[String], providers: &[ProviderConfig]) -> Result<Vec<usize>, Invalid> {
     if names.is_empty() {
-        return Err(invalid(
-            key,
-            "list at least one provider, or leave providers out to accept all",
-        ));
+        return Err(invalid(key, "list at least one provider, or leave providers out to accept all"));
     }
     let mut indices = Vec::new();
     for name in names {
         let index = providers
             .iter()
             .position(|p| &p.name == name)
-            .ok_or_else(|| {
-                invalid(
-                    key,
-                    format!("{name:?} is not the name of a [[providers]] entry"),
-                )
-            })?;
+            .ok_or_else(|| invalid(key, format!("{name:?} is not the name of a [[providers]] entry")))?;
         if !indices.contains(&index) {
             indices.push(index);
         }
@@ -207,10 +140,7 @@ fn token_sources(key: &str, names: Option<Vec<String>>) -> Result<Vec<TokenSourc
         return Ok(vec![TokenSource::Header]);
     };
     if names.is_empty() {
-        return Err(invalid(
-            key,
-            "list at least one source, or leave token_sources out for [\"header\"]",
-        ));
+        return Err(invalid(key, "list at least one source, or leave token_sources out for [\"header\"]"));
     }
     let mut sources = Vec::new();
     for name in names {
@@ -218,16 +148,10 @@ fn token_sources(key: &str, names: Option<Vec<String>>) -> Result<Vec<TokenSourc
             None if name == "header" => TokenSource::Header,
             Some(("cookie", cookie)) if is_token(cookie) => TokenSource::Cookie(cookie.to_owned()),
             _ if name.starts_with("query") => {
-                return Err(invalid(
-                    key,
-                    "tokens in the query string are not supported: they end up in logs",
-                ));
+                return Err(invalid(key, "tokens in the query string are not supported: they end up in logs"));
             }
             _ => {
-                return Err(invalid(
-                    key,
-                    format!("{name:?} is not \"header\" or \"cookie:NAME\""),
-                ));
+                return Err(invalid(key, format!("{name:?} is not \"header\" or \"cookie:NAME\"")));
             }
         };
         if sources.contains(&source) {
@@ -240,49 +164,34 @@ fn token_sources(key: &str, names: Option<Vec<String>>) -> Result<Vec<TokenSourc
 
 /// An RFC 9110 token, as cookie names must be.
 fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn route_path(key: &str, path: String) -> Result<String, Invalid> {
     let bad = !path.starts_with('/')
         || path.contains(['?', '#', '%', '\\'])
         || path.chars().any(|c| c.is_whitespace() || c.is_control())
-        || path
-            .split('/')
-            .any(|segment| segment == "." || segment == "..");
+        || path.split('/').any(|segment| segment == "." || segment == "..");
     if bad {
         return Err(invalid(
             key,
-            format!(
-                "{path:?} must be a plain path starting with '/' (no query, '%', '\\' or dot segments)"
-            ),
+            format!("{path:?} must be a plain path starting with '/' (no query, '%', '\\' or dot segments)"),
         ));
     }
     Ok(path)
 }
 
 fn route_host(key: &str, host: &str) -> Result<String, Invalid> {
-    let parsed: Authority = host
-        .parse()
-        .map_err(|_| invalid(key, format!("{host:?} is not a host name")))?;
+    let parsed: Authority = host.parse().map_err(|_| invalid(key, format!("{host:?} is not a host name")))?;
     if parsed.port().is_some() || host.contains('@') || host.is_empty() {
-        return Err(invalid(
-            key,
-            format!("{host:?} must be a bare host name, without port"),
-        ));
+        return Err(invalid(key, format!("{host:?} must be a bare host name, without port")));
     }
     Ok(host.to_ascii_lowercase())
 }
 
 fn route_methods(key: &str, methods: Vec<String>) -> Result<Vec<Method>, Invalid> {
     if methods.is_empty() {
-        return Err(invalid(
-            key,
-            "list at least one method, or leave methods out to allow any",
-        ));
+        return Err(invalid(key, "list at least one method, or leave methods out to allow any"));
     }
     let mut out: Vec<Method> = Vec::new();
     for name in methods {
@@ -296,57 +205,36 @@ fn route_methods(key: &str, methods: Vec<String>) -> Result<Vec<Method>, Invalid
 }
 
 fn upstream(key: &str, text: &str) -> Result<Upstream, Invalid> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
+    let uri: Uri = text.parse().map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
     let scheme = match uri.scheme() {
         Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
         _ => {
-            return Err(invalid(
-                key,
-                format!("{text:?} must start with http:// or https://"),
-            ));
+            return Err(invalid(key, format!("{text:?} must start with http:// or https://")));
         }
     };
     let authority = match uri.authority() {
         Some(a) if !a.as_str().contains('@') => a.clone(),
         _ => {
-            return Err(invalid(
-                key,
-                format!("{text:?} needs a host and no user info"),
-            ));
+            return Err(invalid(key, format!("{text:?} needs a host and no user info")));
         }
     };
     if uri.query().is_some() || text.contains('#') {
-        return Err(invalid(
-            key,
-            format!("{text:?} is a base URL: no query or fragment"),
-        ));
+        return Err(invalid(key, format!("{text:?} is a base URL: no query or fragment")));
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    Ok(Upstream {
-        scheme,
-        authority,
-        base_path,
-    })
+    Ok(Upstream { scheme, authority, base_path })
 }
 
 /// Injected headers are stripped from every request; names that carry
 /// framing, routing or credentials would break the proxy if we did that.
 fn injectable_header(key: &str, name: &str) -> Result<HeaderName, Invalid> {
-    let header = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
+    let header =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
     if name.contains('_') {
-        return Err(invalid(
-            key,
-            "use '-' in header names: many proxies drop names with '_'",
-        ));
+        return Err(invalid(key, "use '-' in header names: many proxies drop names with '_'"));
     }
     if headers::is_reserved(&header) {
-        return Err(invalid(
-            key,
-            format!("{header} is managed by the proxy and cannot carry a claim"),
-        ));
+        return Err(invalid(key, format!("{header} is managed by the proxy and cannot carry a claim")));
     }
     Ok(header)
 }
@@ -358,11 +246,7 @@ pub(super) fn non_empty(key: &str, value: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub(super) fn positive(
-    key: &str,
-    value: Option<Duration>,
-    default: Duration,
-) -> Result<Duration, Invalid> {
+pub(super) fn positive(key: &str, value: Option<Duration>, default: Duration) -> Result<Duration, Invalid> {
     match value {
         Some(d) if d.is_zero() => Err(invalid(key, "must be longer than zero")),
         Some(d) => Ok(d),

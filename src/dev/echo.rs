@@ -26,11 +26,8 @@ pub struct EchoUpstream {
 impl EchoUpstream {
     pub async fn start() -> std::io::Result<EchoUpstream> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let echo = EchoUpstream {
-            addr: listener.local_addr()?,
-            requests: Arc::default(),
-            stop: CancellationToken::new(),
-        };
+        let echo =
+            EchoUpstream { addr: listener.local_addr()?, requests: Arc::default(), stop: CancellationToken::new() };
         let requests = echo.requests.clone();
         tokio::spawn(serve_http(listener, echo.stop.clone(), move |request| {
             requests.fetch_add(1, Ordering::SeqCst);
@@ -62,10 +59,7 @@ async fn echo_request(request: Request<Incoming>) -> Response<Full<Bytes>> {
         match frame {
             Ok(frame) => body_bytes += frame.data_ref().map_or(0, Bytes::len),
             Err(error) => {
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &json!({"error": error.to_string()}),
-                );
+                return json_response(StatusCode::BAD_REQUEST, &json!({"error": error.to_string()}));
             }
         }
     }

@@ -3,79 +3,120 @@
 //! Dev mode runs one; the tests run one each, and rotate its keys.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
-use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
-use aws_lc_rs::signature::KeyPair as _;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
+};
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{json_response, serve_http};
 
-/// An RS256 signing key and its public JWK.
+/// A signing key of any JOSE algorithm, with its public JWK.
 pub struct SigningKey {
-    kid: String,
+    kid: Option<String>,
+    algorithm: Algorithm,
     encoding: EncodingKey,
     jwk: Value,
-    public_pem: String,
+    public_pem: Option<String>,
 }
 
 impl SigningKey {
-    /// A fresh RSA-2048 key.
+    /// A fresh RSA-2048 key for RS256.
     pub fn generate(kid: &str) -> SigningKey {
-        let pair = KeyPair::generate(KeySize::Rsa2048).expect("aws-lc-rs generates RSA-2048 keys");
-        let private = pair.as_der().expect("a generated key serializes");
-        let private = pem::encode(&pem::Pem::new("PRIVATE KEY", private.as_ref()));
-        let encoding =
-            EncodingKey::from_rsa_pem(private.as_bytes()).expect("a generated key is valid PEM");
-        let public = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
-        let spki: PublicKeyX509Der<'static> =
-            pair.public_key().as_der().expect("a public key serializes");
+        SigningKey::generate_for(Algorithm::RS256, kid)
+    }
+
+    /// A fresh key for `algorithm`: RSA-2048 for RS*/PS*, P-256 or P-384
+    /// for ES256/384, Ed25519 for EdDSA, 48 random bytes for HS*.
+    pub fn generate_for(algorithm: Algorithm, kid: &str) -> SigningKey {
+        let (encoding, public_der) = match algorithm.family() {
+            AlgorithmFamily::Rsa => {
+                let pair = RsaKeyPair::generate(KeySize::Rsa2048).expect("aws-lc-rs generates RSA keys");
+                let private = pair.as_der().expect("a generated key serializes");
+                let private = pem::encode(&pem::Pem::new("PRIVATE KEY", private.as_ref()));
+                let encoding = EncodingKey::from_rsa_pem(private.as_bytes()).expect("a generated key is valid");
+                let public: PublicKeyX509Der<'static> = pair.public_key().as_der().expect("serializes");
+                (encoding, Some(public.as_ref().to_vec()))
+            }
+            AlgorithmFamily::Ec => {
+                let curve = if algorithm == Algorithm::ES384 {
+                    &ECDSA_P384_SHA384_FIXED_SIGNING
+                } else {
+                    &ECDSA_P256_SHA256_FIXED_SIGNING
+                };
+                let pair = EcdsaKeyPair::generate(curve).expect("aws-lc-rs generates EC keys");
+                let private = pair.to_pkcs8v1().expect("a generated key serializes");
+                let public: PublicKeyX509Der<'static> = pair.public_key().as_der().expect("serializes");
+                (EncodingKey::from_ec_der(private.as_ref()), Some(public.as_ref().to_vec()))
+            }
+            AlgorithmFamily::Ed => {
+                let pair = Ed25519KeyPair::generate().expect("aws-lc-rs generates Ed25519 keys");
+                let private = pair.to_pkcs8v1().expect("a generated key serializes");
+                let public: PublicKeyX509Der<'static> = pair.public_key().as_der().expect("serializes");
+                (EncodingKey::from_ed_der(private.as_ref()), Some(public.as_ref().to_vec()))
+            }
+            AlgorithmFamily::Hmac => {
+                let secret: Vec<u8> = std::iter::repeat_with(|| fastrand::alphanumeric() as u8).take(48).collect();
+                (EncodingKey::from_secret(&secret), None)
+            }
+        };
+        SigningKey::with(Some(kid), algorithm, encoding, public_der)
+    }
+
+    /// An HMAC key from a shared secret; its tokens carry no `kid`, as
+    /// Django REST framework's simplejwt makes them.
+    pub fn from_secret(algorithm: Algorithm, secret: &[u8]) -> SigningKey {
+        SigningKey::with(None, algorithm, EncodingKey::from_secret(secret), None)
+    }
+
+    fn with(kid: Option<&str>, algorithm: Algorithm, encoding: EncodingKey, public_der: Option<Vec<u8>>) -> SigningKey {
+        let jwk = Jwk::from_encoding_key(&encoding, algorithm).expect("a generated key has a JWK");
+        let mut jwk = serde_json::to_value(jwk).expect("a JWK serializes");
+        jwk["use"] = json!("sig");
+        if let Some(kid) = kid {
+            jwk["kid"] = json!(kid);
+        }
         SigningKey {
-            kid: kid.to_owned(),
+            kid: kid.map(str::to_owned),
+            algorithm,
             encoding,
-            jwk: json!({
-                "kty": "RSA",
-                "use": "sig",
-                "alg": "RS256",
-                "kid": kid,
-                "n": URL_SAFE_NO_PAD.encode(&public.n),
-                "e": URL_SAFE_NO_PAD.encode(&public.e),
-            }),
-            public_pem: pem::encode(&pem::Pem::new("PUBLIC KEY", spki.as_ref())),
+            jwk,
+            public_pem: public_der.map(|der| pem::encode(&pem::Pem::new("PUBLIC KEY", der))),
         }
     }
 
-    pub fn kid(&self) -> &str {
-        &self.kid
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
     }
 
-    /// The public key as a JWK, as a JWKS lists it.
+    /// The key as a JWK, as a JWKS lists it (for HS* keys: with the secret).
     pub fn jwk(&self) -> &Value {
         &self.jwk
     }
 
-    /// The public key as SPKI PEM (what an attacker would try as an HMAC secret).
-    pub fn public_pem(&self) -> &str {
-        &self.public_pem
+    /// The public key as SPKI PEM; `None` for HMAC keys.
+    pub fn public_pem(&self) -> Option<&str> {
+        self.public_pem.as_deref()
     }
 
-    /// Signs `claims` as an RS256 JWT whose header names this key's `kid`.
+    /// Signs `claims` with this key's algorithm, naming its `kid`.
     pub fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
+        let mut header = Header::new(self.algorithm);
+        header.kid = self.kid.clone();
         self.sign_with(&header, claims)
     }
 
@@ -87,9 +128,7 @@ impl SigningKey {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A running identity provider.
@@ -102,32 +141,30 @@ pub struct IdentityProvider {
 /// What the server task and the handle share.
 struct Shared {
     minter: Minter,
+    jwks_url: String,
     document: Mutex<Value>,
     fetches: AtomicUsize,
     stalled: AtomicBool,
+    /// How the JWKS endpoint misbehaves, when a test asks it to.
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    headers: Mutex<Vec<(HeaderName, HeaderValue)>>,
 }
 
 impl IdentityProvider {
     /// Serves on `listener`, publishing `signer`'s key; tokens from
     /// `/token` carry `issuer` and `audience`.
-    pub fn serve(
-        listener: TcpListener,
-        issuer: &str,
-        audience: &str,
-        signer: Arc<SigningKey>,
-    ) -> IdentityProvider {
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
+    pub fn serve(listener: TcpListener, issuer: &str, audience: &str, signer: Arc<SigningKey>) -> IdentityProvider {
+        let addr = listener.local_addr().expect("a bound listener has an address");
         let shared = Arc::new(Shared {
             document: Mutex::new(json!({"keys": [signer.jwk()]})),
-            minter: Minter {
-                issuer: issuer.to_owned(),
-                audience: audience.to_owned(),
-                signer,
-            },
+            minter: Minter { issuer: issuer.to_owned(), audience: audience.to_owned(), signer },
+            jwks_url: format!("http://{addr}/.well-known/jwks.json"),
             fetches: AtomicUsize::new(0),
             stalled: AtomicBool::new(false),
+            status: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            headers: Mutex::default(),
         });
         let stop = CancellationToken::new();
         let handler_state = shared.clone();
@@ -137,17 +174,43 @@ impl IdentityProvider {
     }
 
     /// Binds a free loopback port and serves there.
-    pub async fn start(
-        issuer: &str,
-        audience: &str,
-        signer: Arc<SigningKey>,
-    ) -> std::io::Result<IdentityProvider> {
+    pub async fn start(issuer: &str, audience: &str, signer: Arc<SigningKey>) -> std::io::Result<IdentityProvider> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         Ok(IdentityProvider::serve(listener, issuer, audience, signer))
     }
 
+    /// Binds a free loopback port and serves there with its own URL as
+    /// issuer, as OpenID Connect discovery requires.
+    pub async fn start_with_url_issuer(audience: &str, signer: Arc<SigningKey>) -> std::io::Result<IdentityProvider> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let issuer = format!("http://{}", listener.local_addr()?);
+        Ok(IdentityProvider::serve(listener, &issuer, audience, signer))
+    }
+
     pub fn jwks_url(&self) -> String {
-        format!("http://{}/.well-known/jwks.json", self.addr)
+        self.shared.jwks_url.clone()
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.shared.minter.issuer
+    }
+
+    /// The JWKS endpoint answers with `status` from now on.
+    pub fn respond_with(&self, status: StatusCode) {
+        self.shared.status.store(status.as_u16(), Ordering::SeqCst);
+    }
+
+    /// The JWKS endpoint answers only after `delay` from now on.
+    pub fn delay(&self, delay: Duration) {
+        self.shared.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Adds a header to the JWKS endpoint's answers (`Cache-Control`, say).
+    pub fn add_header(&self, name: &str, value: &str) {
+        let header = (HeaderName::try_from(name), HeaderValue::try_from(value));
+        if let ((Ok(name), Ok(value)), Ok(mut headers)) = (header, self.shared.headers.lock()) {
+            headers.push((name, value));
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -200,20 +263,14 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Fu
             if shared.stalled.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
-            let document = shared
-                .document
-                .lock()
-                .map(|d| d.clone())
-                .unwrap_or_default();
+            let document = shared.document.lock().map(|d| d.clone()).unwrap_or_default();
             json_response(StatusCode::OK, &document)
         }
         "/token" => {
             let query = request.uri().query().unwrap_or_default();
             let token = shared.minter.token_for_query(query);
             let mut response = Response::new(Full::new(Bytes::from(token)));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             response
         }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
@@ -241,15 +298,10 @@ impl Minter {
 
     /// `/token?sub=bob&roles=a,b`: a one-hour token; no roles unless asked.
     fn token_for_query(&self, query: &str) -> String {
-        let param = |name: &str| {
-            query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-        };
+        let param = |name: &str| query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='));
         let sub = param("sub").filter(|s| !s.is_empty()).unwrap_or("alice");
-        let roles: Vec<&str> = param("roles")
-            .map(|r| r.split(',').filter(|r| !r.is_empty()).collect())
-            .unwrap_or_default();
+        let roles: Vec<&str> =
+            param("roles").map(|r| r.split(',').filter(|r| !r.is_empty()).collect()).unwrap_or_default();
         self.token(sub, &roles, Duration::from_secs(3600))
     }
 }

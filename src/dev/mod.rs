@@ -50,20 +50,12 @@ pub enum DevError {
 
 /// Runs the demo until `shutdown` completes. `listen` overrides the dev
 /// config's address (tests pass `127.0.0.1:0`).
-pub async fn run(
-    listen: Option<SocketAddr>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DevError> {
-    let dir = tempfile::Builder::new()
-        .prefix("portcullis-dev-")
-        .tempdir()?;
+pub async fn run(listen: Option<SocketAddr>, shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
+    let dir = tempfile::Builder::new().prefix("portcullis-dev-").tempdir()?;
     let (cert, key) = write_self_signed_certificate(dir.path())?;
     let echo = EchoUpstream::start().await?;
     let idp_listener = TcpListener::bind("127.0.0.1:0").await?;
-    let jwks_url = format!(
-        "http://{}/.well-known/jwks.json",
-        idp_listener.local_addr()?
-    );
+    let jwks_url = format!("http://{}/.well-known/jwks.json", idp_listener.local_addr()?);
 
     let config = Config::parse_with(DEV_CONFIG, DEV_CONFIG_ORIGIN, |file| {
         if let Some(listen) = listen {
@@ -96,12 +88,7 @@ pub async fn run(
     Ok(())
 }
 
-fn print_instructions(
-    base: &str,
-    cert: &Path,
-    idp: &IdentityProvider,
-    echo: &EchoUpstream,
-) -> std::io::Result<()> {
+fn print_instructions(base: &str, cert: &Path, idp: &IdentityProvider, echo: &EchoUpstream) -> std::io::Result<()> {
     let token = idp.token("alice", &["admin"], Duration::from_secs(3600));
     let curl = format!("curl -si --cacert {}", cert.display());
     let bearer = "-H \"Authorization: Bearer $TOKEN\"";
@@ -112,33 +99,21 @@ fn print_instructions(
         idp.addr(),
         echo.url()
     )?;
-    writeln!(
-        out,
-        "# Paste these lines into a shell (Ctrl-C here stops the gateway):"
-    )?;
+    writeln!(out, "# Paste these lines into a shell (Ctrl-C here stops the gateway):")?;
     writeln!(out, "export TOKEN={token}")?;
     writeln!(out, "{curl} {base}/api/hello    # 401: no token")?;
-    writeln!(
-        out,
-        "{curl} {bearer} {base}/api/hello    # 200: the echo shows x-user-id: alice"
-    )?;
+    writeln!(out, "{curl} {bearer} {base}/api/hello    # 200: the echo shows x-user-id: alice")?;
     writeln!(
         out,
         "{curl} {bearer} -H \"X-User-Id: mallory\" {base}/api/hello    # 200: a spoofed X-User-Id is replaced by alice"
     )?;
-    writeln!(
-        out,
-        "{curl} {bearer} {base}/admin/stats    # 200: alice has the admin role"
-    )?;
+    writeln!(out, "{curl} {bearer} {base}/admin/stats    # 200: alice has the admin role")?;
     writeln!(
         out,
         "{curl} -H \"Authorization: Bearer $(curl -s 'http://{}/token?sub=bob')\" {base}/admin/stats    # 403: bob lacks it",
         idp.addr()
     )?;
-    writeln!(
-        out,
-        "{curl} {base}/public/ping    # 200: a public route, no token needed"
-    )?;
+    writeln!(out, "{curl} {base}/public/ping    # 200: a public route, no token needed")?;
     out.flush()
 }
 
@@ -185,8 +160,6 @@ where
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -42,9 +42,7 @@ pub(crate) fn store(
     let jwks = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let entry = Entry {
         source: source.to_owned(),
-        fetched_at: fetched_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        fetched_at: fetched_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         lifetime_secs: lifetime.as_secs(),
         jwks,
     };
@@ -84,15 +82,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fetched_at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let body = br#"{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#;
-        store(
-            dir.path(),
-            "idp",
-            "https://a/jwks",
-            body,
-            fetched_at,
-            Duration::from_secs(300),
-        )
-        .unwrap();
+        store(dir.path(), "idp", "https://a/jwks", body, fetched_at, Duration::from_secs(300)).unwrap();
         let cached = load(dir.path(), "idp", "https://a/jwks").unwrap();
         assert_eq!(cached.body, body);
         assert_eq!(cached.fetched_at, fetched_at);

@@ -45,15 +45,10 @@ pub(crate) fn parse_set(
     algorithms: &[Algorithm],
     secrets_allowed: bool,
 ) -> Result<Vec<VerifyingKey>, String> {
-    let document: Document =
-        serde_json::from_slice(document).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let document: Document = serde_json::from_slice(document).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = Vec::new();
     for value in document.keys {
-        let kid = value
-            .get("kid")
-            .and_then(|k| k.as_str())
-            .unwrap_or("(no kid)")
-            .to_owned();
+        let kid = value.get("kid").and_then(|k| k.as_str()).unwrap_or("(no kid)").to_owned();
         let key = serde_json::from_value::<Jwk>(value)
             .map_err(|e| format!("malformed key: {e}"))
             .and_then(|jwk| verifying_key(jwk, algorithms, secrets_allowed));
@@ -65,19 +60,11 @@ pub(crate) fn parse_set(
     Ok(keys)
 }
 
-pub(crate) fn verifying_key(
-    jwk: Jwk,
-    accepted: &[Algorithm],
-    secrets_allowed: bool,
-) -> Result<VerifyingKey, String> {
+pub(crate) fn verifying_key(jwk: Jwk, accepted: &[Algorithm], secrets_allowed: bool) -> Result<VerifyingKey, String> {
     if jwk.usage.as_deref().is_some_and(|usage| usage != "sig") {
         return Err("not a signing key (use is not \"sig\")".into());
     }
-    if jwk
-        .key_ops
-        .as_ref()
-        .is_some_and(|ops| !ops.iter().any(|op| op == "verify"))
-    {
+    if jwk.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
         return Err("key_ops does not allow \"verify\"".into());
     }
     let (decoding, fitting) = match jwk.kty.as_str() {
@@ -89,11 +76,7 @@ pub(crate) fn verifying_key(
         other => return Err(format!("key type {other:?} is not supported")),
     };
     let algorithms = pinned(jwk.alg.as_deref(), fitting, accepted, &jwk.kty)?;
-    Ok(VerifyingKey {
-        kid: jwk.kid,
-        algorithms,
-        decoding,
-    })
+    Ok(VerifyingKey { kid: jwk.kid, algorithms, decoding })
 }
 
 /// The algorithms a key verifies: its own `alg`, or the provider's that fit.
@@ -105,28 +88,19 @@ fn pinned(
 ) -> Result<Vec<Algorithm>, String> {
     match alg {
         Some(name) => {
-            let alg = Algorithm::from_str(name)
-                .map_err(|_| format!("algorithm {name:?} is not supported"))?;
+            let alg = Algorithm::from_str(name).map_err(|_| format!("algorithm {name:?} is not supported"))?;
             if !fitting.contains(&alg) {
                 return Err(format!("algorithm {name} does not fit a {kty} key"));
             }
             if !accepted.contains(&alg) {
-                return Err(format!(
-                    "algorithm {name} is not in the provider's algorithms"
-                ));
+                return Err(format!("algorithm {name} is not in the provider's algorithms"));
             }
             Ok(vec![alg])
         }
         None => {
-            let algorithms: Vec<Algorithm> = accepted
-                .iter()
-                .copied()
-                .filter(|a| fitting.contains(a))
-                .collect();
+            let algorithms: Vec<Algorithm> = accepted.iter().copied().filter(|a| fitting.contains(a)).collect();
             if algorithms.is_empty() {
-                return Err(format!(
-                    "none of the provider's algorithms fits a {kty} key"
-                ));
+                return Err(format!("none of the provider's algorithms fits a {kty} key"));
             }
             Ok(algorithms)
         }
@@ -134,15 +108,11 @@ fn pinned(
 }
 
 fn member<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, String> {
-    value
-        .as_deref()
-        .ok_or_else(|| format!("the key has no {name:?}"))
+    value.as_deref().ok_or_else(|| format!("the key has no {name:?}"))
 }
 
 fn bytes(value: &Option<String>, name: &str) -> Result<Vec<u8>, String> {
-    URL_SAFE_NO_PAD
-        .decode(member(value, name)?)
-        .map_err(|_| format!("{name:?} is not base64url"))
+    URL_SAFE_NO_PAD.decode(member(value, name)?).map_err(|_| format!("{name:?} is not base64url"))
 }
 
 fn rsa(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
@@ -169,16 +139,13 @@ fn ec(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
 
 fn okp(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
     if member(&jwk.crv, "crv")? != "Ed25519" {
-        return Err(format!(
-            "curve {:?} is not supported",
-            jwk.crv.as_deref().unwrap_or_default()
-        ));
+        return Err(format!("curve {:?} is not supported", jwk.crv.as_deref().unwrap_or_default()));
     }
     if bytes(&jwk.x, "x")?.len() != 32 {
         return Err("an Ed25519 key is 32 bytes".into());
     }
-    let key = DecodingKey::from_ed_components(member(&jwk.x, "x")?)
-        .map_err(|e| format!("unusable Ed25519 key: {e}"))?;
+    let key =
+        DecodingKey::from_ed_components(member(&jwk.x, "x")?).map_err(|e| format!("unusable Ed25519 key: {e}"))?;
     Ok((key, AlgorithmFamily::Ed.algorithms()))
 }
 
@@ -190,10 +157,7 @@ fn secret(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
 /// A shared secret long enough to resist guessing (RFC 7518 §3.2).
 pub(crate) fn hmac_key(secret: &[u8]) -> Result<DecodingKey, String> {
     if secret.len() < MIN_SECRET_BYTES {
-        return Err(format!(
-            "a secret of {} bytes is shorter than {MIN_SECRET_BYTES}",
-            secret.len()
-        ));
+        return Err(format!("a secret of {} bytes is shorter than {MIN_SECRET_BYTES}", secret.len()));
     }
     Ok(DecodingKey::from_secret(secret))
 }
@@ -215,9 +179,7 @@ mod tests {
     }
 
     fn kids(keys: &[VerifyingKey]) -> Vec<&str> {
-        keys.iter()
-            .map(|k| k.kid.as_deref().unwrap_or("-"))
-            .collect()
+        keys.iter().map(|k| k.kid.as_deref().unwrap_or("-")).collect()
     }
 
     const RS256: &[Algorithm] = &[Algorithm::RS256];
@@ -244,32 +206,19 @@ mod tests {
     #[test]
     fn pins_algorithms_by_jwk_or_by_provider() {
         let accepted = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256];
-        let key =
-            |jwk: Value| verifying_key(serde_json::from_value(jwk).unwrap(), &accepted, false);
-        assert_eq!(
-            key(rsa_jwk("a", 256)).unwrap().algorithms,
-            [Algorithm::RS256, Algorithm::PS256]
-        );
+        let key = |jwk: Value| verifying_key(serde_json::from_value(jwk).unwrap(), &accepted, false);
+        assert_eq!(key(rsa_jwk("a", 256)).unwrap().algorithms, [Algorithm::RS256, Algorithm::PS256]);
         let pinned = key(with(rsa_jwk("b", 256), "alg", json!("PS256"))).unwrap();
         assert_eq!(pinned.algorithms, [Algorithm::PS256]);
-        assert!(
-            key(with(rsa_jwk("c", 256), "alg", json!("ES256"))).is_err(),
-            "alg must fit the key type"
-        );
-        assert!(
-            key(with(rsa_jwk("d", 256), "alg", json!("RS384"))).is_err(),
-            "alg must be accepted"
-        );
+        assert!(key(with(rsa_jwk("c", 256), "alg", json!("ES256"))).is_err(), "alg must fit the key type");
+        assert!(key(with(rsa_jwk("d", 256), "alg", json!("RS384"))).is_err(), "alg must be accepted");
     }
 
     #[test]
     fn secrets_come_from_files_only_and_are_long_enough() {
         let accepted = [Algorithm::HS256];
-        let secret =
-            |bytes: usize| json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(vec![1u8; bytes])});
-        let key = |jwk: Value, allowed| {
-            verifying_key(serde_json::from_value(jwk).unwrap(), &accepted, allowed)
-        };
+        let secret = |bytes: usize| json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(vec![1u8; bytes])});
+        let key = |jwk: Value, allowed| verifying_key(serde_json::from_value(jwk).unwrap(), &accepted, allowed);
         assert!(key(secret(32), true).is_ok());
         assert!(key(secret(31), true).is_err());
         assert!(key(secret(64), false).is_err());

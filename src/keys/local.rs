@@ -17,15 +17,11 @@ use crate::config::KeySource;
 pub(crate) type Fingerprint = u64;
 
 /// Loads a local source. Errors name the file or variable and the reason.
-pub(crate) fn load(
-    source: &KeySource,
-    algorithms: &[Algorithm],
-) -> Result<(KeySet, Fingerprint), String> {
+pub(crate) fn load(source: &KeySource, algorithms: &[Algorithm]) -> Result<(KeySet, Fingerprint), String> {
     match source {
         KeySource::JwksFile(path) => {
             let bytes = read(path)?;
-            let set =
-                key_set(&bytes, algorithms, true, Freshness::local()).map_err(|e| at(path, e))?;
+            let set = key_set(&bytes, algorithms, true, Freshness::local()).map_err(|e| at(path, e))?;
             Ok((set, fingerprint(&bytes)))
         }
         KeySource::PublicKeyFile(path) => {
@@ -70,19 +66,14 @@ fn public_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<VerifyingKey, Stri
         .or_else(|_| DecodingKey::from_ec_pem(pem))
         .or_else(|_| DecodingKey::from_ed_pem(pem))
         .map_err(|_| "no RSA, EC or Ed25519 public key in PEM form".to_owned())?;
-    let as_jwk =
-        jwk::Jwk::from_decoding_key(&decoding, None).map_err(|e| format!("unusable key: {e}"))?;
+    let as_jwk = jwk::Jwk::from_decoding_key(&decoding, None).map_err(|e| format!("unusable key: {e}"))?;
     let as_jwk = serde_json::to_value(as_jwk).map_err(|e| e.to_string())?;
     let as_jwk = serde_json::from_value(as_jwk).map_err(|e| e.to_string())?;
     super::jwk::verifying_key(as_jwk, algorithms, false)
 }
 
 fn secret_key(secret: &[u8], algorithms: &[Algorithm]) -> Result<VerifyingKey, String> {
-    Ok(VerifyingKey {
-        kid: None,
-        algorithms: algorithms.to_vec(),
-        decoding: super::jwk::hmac_key(secret)?,
-    })
+    Ok(VerifyingKey { kid: None, algorithms: algorithms.to_vec(), decoding: super::jwk::hmac_key(secret)? })
 }
 
 #[cfg(test)]
@@ -94,39 +85,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         let secret = "s".repeat(32);
-        for content in [
-            format!("{secret}\n"),
-            format!("{secret}\r\n"),
-            secret.clone(),
-        ] {
+        for content in [format!("{secret}\n"), format!("{secret}\r\n"), secret.clone()] {
             std::fs::write(&path, &content).unwrap();
-            assert!(
-                load(&KeySource::SecretFile(path.clone()), &[Algorithm::HS256]).is_ok(),
-                "{content:?}"
-            );
+            assert!(load(&KeySource::SecretFile(path.clone()), &[Algorithm::HS256]).is_ok(), "{content:?}");
         }
         std::fs::write(&path, "s".repeat(31) + "\n").unwrap();
-        let error = load(&KeySource::SecretFile(path.clone()), &[Algorithm::HS256])
-            .err()
-            .unwrap();
+        let error = load(&KeySource::SecretFile(path.clone()), &[Algorithm::HS256]).err().unwrap();
         assert!(error.contains("31 bytes is shorter than 32"), "{error}");
     }
 
     #[test]
     fn a_missing_source_is_named() {
-        let error = load(
-            &KeySource::SecretEnv("PORTCULLIS_TEST_UNSET".into()),
-            &[Algorithm::HS256],
-        )
-        .err()
-        .unwrap();
+        let error = load(&KeySource::SecretEnv("PORTCULLIS_TEST_UNSET".into()), &[Algorithm::HS256]).err().unwrap();
         assert_eq!(error, "$PORTCULLIS_TEST_UNSET is not set");
-        let error = load(
-            &KeySource::JwksFile("/nonexistent/jwks.json".into()),
-            &[Algorithm::RS256],
-        )
-        .err()
-        .unwrap();
+        let error = load(&KeySource::JwksFile("/nonexistent/jwks.json".into()), &[Algorithm::RS256]).err().unwrap();
         assert!(error.starts_with("/nonexistent/jwks.json: "), "{error}");
     }
 }

@@ -57,24 +57,12 @@ pub(crate) struct Freshness {
 
 impl Freshness {
     pub(crate) fn local() -> Freshness {
-        Freshness {
-            fetched_at: SystemTime::now(),
-            expires_at: None,
-            stale_after: None,
-        }
+        Freshness { fetched_at: SystemTime::now(), expires_at: None, stale_after: None }
     }
 
-    pub(crate) fn remote(
-        fetched_at: SystemTime,
-        lifetime: Duration,
-        max_stale: Duration,
-    ) -> Freshness {
+    pub(crate) fn remote(fetched_at: SystemTime, lifetime: Duration, max_stale: Duration) -> Freshness {
         let expires_at = fetched_at + lifetime;
-        Freshness {
-            fetched_at,
-            expires_at: Some(expires_at),
-            stale_after: Some(expires_at + max_stale),
-        }
+        Freshness { fetched_at, expires_at: Some(expires_at), stale_after: Some(expires_at + max_stale) }
     }
 }
 
@@ -92,19 +80,11 @@ pub(crate) struct KeySet {
 
 impl KeySet {
     fn single(key: VerifyingKey) -> KeySet {
-        KeySet {
-            keys: vec![key],
-            by_kid: HashMap::new(),
-            any_kid: true,
-            freshness: Some(Freshness::local()),
-        }
+        KeySet { keys: vec![key], by_kid: HashMap::new(), any_kid: true, freshness: Some(Freshness::local()) }
     }
 
     fn from_keys(keys: Vec<VerifyingKey>, freshness: Freshness) -> KeySet {
-        let mut set = KeySet {
-            freshness: Some(freshness),
-            ..KeySet::default()
-        };
+        let mut set = KeySet { freshness: Some(freshness), ..KeySet::default() };
         for key in keys {
             if let Some(kid) = &key.kid {
                 if set.by_kid.contains_key(kid) {
@@ -124,8 +104,7 @@ impl KeySet {
 
     /// Loaded, and not stale beyond `max_stale` at `now`.
     pub(crate) fn is_usable(&self, now: SystemTime) -> bool {
-        self.freshness
-            .is_some_and(|f| f.stale_after.is_none_or(|limit| now <= limit))
+        self.freshness.is_some_and(|f| f.stale_after.is_none_or(|limit| now <= limit))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -142,10 +121,7 @@ impl KeySet {
     }
 
     pub(crate) fn kids(&self) -> Vec<&str> {
-        self.keys
-            .iter()
-            .map(|k| k.kid.as_deref().unwrap_or("(no kid)"))
-            .collect()
+        self.keys.iter().map(|k| k.kid.as_deref().unwrap_or("(no kid)")).collect()
     }
 }
 

@@ -54,15 +54,8 @@ impl Fetcher {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Fetcher {
-            client,
-            remote: remote.clone(),
-            issuer: issuer.to_owned(),
-            discovered: None,
-        })
+        let client = builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Fetcher { client, remote: remote.clone(), issuer: issuer.to_owned(), discovered: None })
     }
 
     /// Fetches the key set document.
@@ -78,13 +71,8 @@ impl Fetcher {
                 }
             },
         };
-        let (body, headers) = self
-            .get(&url, "application/jwk-set+json, application/json")
-            .await?;
-        Ok(Fetched {
-            body,
-            lifetime: self.lifetime(&headers),
-        })
+        let (body, headers) = self.get(&url, "application/jwk-set+json, application/json").await?;
+        Ok(Fetched { body, lifetime: self.lifetime(&headers) })
     }
 
     /// Makes the next fetch run discovery again (the `jwks_uri` may have moved).
@@ -107,24 +95,17 @@ impl Fetcher {
                 document.issuer, self.issuer
             )));
         }
-        let jwks_uri = Url::parse(&document.jwks_uri)
-            .map_err(|e| FetchError::Discovery(format!("jwks_uri is not a URL: {e}")))?;
+        let jwks_uri =
+            Url::parse(&document.jwks_uri).map_err(|e| FetchError::Discovery(format!("jwks_uri is not a URL: {e}")))?;
         let downgrade = configuration.scheme() == "https" && jwks_uri.scheme() != "https";
         if downgrade || !matches!(jwks_uri.scheme(), "https" | "http") {
-            return Err(FetchError::Discovery(format!(
-                "jwks_uri {jwks_uri} is not https"
-            )));
+            return Err(FetchError::Discovery(format!("jwks_uri {jwks_uri} is not https")));
         }
         Ok(jwks_uri)
     }
 
     async fn get(&self, url: &Url, accept: &str) -> Result<(Vec<u8>, HeaderMap), FetchError> {
-        let mut response = self
-            .client
-            .get(url.clone())
-            .header(ACCEPT, accept)
-            .send()
-            .await?;
+        let mut response = self.client.get(url.clone()).header(ACCEPT, accept).send().await?;
         if !response.status().is_success() {
             return Err(FetchError::Status(url.clone(), response.status()));
         }
@@ -178,12 +159,7 @@ fn freshness(headers: &HeaderMap) -> Option<Duration> {
     }
     let date = |name| {
         let value = headers.get(name)?;
-        Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| httpdate::parse_http_date(v).ok()),
-        )
+        Some(value.to_str().ok().and_then(|v| httpdate::parse_http_date(v).ok()))
     };
     // an Expires we cannot read means "already expired"
     let expires = date(EXPIRES)?.unwrap_or(SystemTime::UNIX_EPOCH);
@@ -226,24 +202,14 @@ mod tests {
         let secs = |pairs: &[(&'static str, &str)]| freshness(&headers(pairs)).map(|d| d.as_secs());
         assert_eq!(secs(&[]), None);
         assert_eq!(secs(&[("cache-control", "public, max-age=600")]), Some(600));
-        assert_eq!(
-            secs(&[("cache-control", "max-age=\"60\", must-revalidate")]),
-            Some(60)
-        );
+        assert_eq!(secs(&[("cache-control", "max-age=\"60\", must-revalidate")]), Some(60));
         assert_eq!(secs(&[("cache-control", "no-cache")]), Some(0));
         assert_eq!(secs(&[("cache-control", "max-age=soon")]), None);
-        let dated = [
-            ("date", "Sun, 22 Nov 2026 10:00:00 GMT"),
-            ("expires", "Sun, 22 Nov 2026 10:30:00 GMT"),
-        ];
+        let dated = [("date", "Sun, 22 Nov 2026 10:00:00 GMT"), ("expires", "Sun, 22 Nov 2026 10:30:00 GMT")];
         assert_eq!(secs(&dated), Some(1800));
         let both = [dated[0], dated[1], ("cache-control", "max-age=5")];
         assert_eq!(secs(&both), Some(5), "max-age wins over Expires");
-        assert_eq!(
-            secs(&[("expires", "0")]),
-            Some(0),
-            "an invalid Expires is already expired"
-        );
+        assert_eq!(secs(&[("expires", "0")]), Some(0), "an invalid Expires is already expired");
     }
 
     fn remote(url: &str) -> RemoteKeys {
@@ -289,10 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_streamed_document_over_the_cap_is_refused() {
-        let body = format!(
-            "{{\"keys\": [], \"pad\": \"{}\"}}",
-            "x".repeat(2 * 1024 * 1024)
-        );
+        let body = format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
         let port = serve(move |_, _| {
             let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
             let mut reply = format!("{head}{:x}\r\n", body.len()).into_bytes();
@@ -301,14 +264,9 @@ mod tests {
             reply
         })
         .await;
-        let mut fetcher =
-            Fetcher::new(&remote(&format!("http://127.0.0.1:{port}/jwks")), "i").unwrap();
+        let mut fetcher = Fetcher::new(&remote(&format!("http://127.0.0.1:{port}/jwks")), "i").unwrap();
         let result = fetcher.fetch().await;
-        assert!(
-            matches!(result, Err(FetchError::TooLarge(..))),
-            "{:?}",
-            result.err()
-        );
+        assert!(matches!(result, Err(FetchError::TooLarge(..))), "{:?}", result.err());
     }
 
     #[tokio::test]
@@ -328,22 +286,12 @@ mod tests {
         })
         .await;
         let fetch = |path: &str| {
-            let mut fetcher =
-                Fetcher::new(&remote(&format!("http://127.0.0.1:{port}{path}")), "i").unwrap();
+            let mut fetcher = Fetcher::new(&remote(&format!("http://127.0.0.1:{port}{path}")), "i").unwrap();
             async move { fetcher.fetch().await }
         };
-        let followed = fetch("/same")
-            .await
-            .expect("a same-host redirect is followed");
+        let followed = fetch("/same").await.expect("a same-host redirect is followed");
         assert_eq!(followed.body, b"{\"keys\":[]}");
-        assert_eq!(
-            followed.lifetime,
-            Duration::from_secs(3600),
-            "max-age clamped to max_refresh"
-        );
-        assert!(
-            fetch("/other").await.is_err(),
-            "a cross-host redirect is not"
-        );
+        assert_eq!(followed.lifetime, Duration::from_secs(3600), "max-age clamped to max_refresh");
+        assert!(fetch("/other").await.is_err(), "a cross-host redirect is not");
     }
 }

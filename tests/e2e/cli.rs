@@ -11,15 +11,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 async fn portcullis(args: &[&str], dir: &Path) -> Output {
-    let run = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output();
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("exits in time")
-        .unwrap()
+    let run = Command::new(BIN).args(args).current_dir(dir).env("RUST_LOG", "warn").output();
+    tokio::time::timeout(Duration::from_secs(30), run).await.expect("exits in time").unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -65,20 +58,13 @@ async fn check_accepts_a_good_file_and_prints_its_routes() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("portcullis.toml: ok"), "{stdout}");
-    assert!(
-        stdout.contains("route orders: GET,POST api.example.com/orders -> http://orders:8080"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("require roles=[admin]") && stdout.contains("x-user-id <- sub"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("route orders: GET,POST api.example.com/orders -> http://orders:8080"), "{stdout}");
+    assert!(stdout.contains("require roles=[admin]") && stdout.contains("x-user-id <- sub"), "{stdout}");
 }
 
 #[tokio::test]
 async fn the_shipped_configs_pass_check() {
-    let example =
-        std::fs::read_to_string(Path::new(ROOT).join("config/portcullis.example.toml")).unwrap();
+    let example = std::fs::read_to_string(Path::new(ROOT).join("config/portcullis.example.toml")).unwrap();
     let dir = workdir(&example);
     let output = portcullis(&["check", "--config", "portcullis.toml"], dir.path()).await;
     assert!(output.status.success(), "example: {}", text(&output.stderr));
@@ -90,56 +76,26 @@ async fn the_shipped_configs_pass_check() {
 #[tokio::test]
 async fn check_names_the_file_key_line_and_reason_of_an_error() {
     let cases = [
-        (
-            GOOD.replace("upstream =", "upstreams ="),
-            ":18: routes[0].upstreams: unknown field `upstreams`",
-        ),
-        (
-            GOOD.replace("\"127.0.0.1:0\"", "8443"),
-            ":3: server.listen: invalid type: integer `8443`",
-        ),
-        (
-            GOOD.replace("tls_key = \"certs/server.key\"", ""),
-            ": server.tls_key: tls_cert is set",
-        ),
+        (GOOD.replace("upstream =", "upstreams ="), ":18: routes[0].upstreams: unknown field `upstreams`"),
+        (GOOD.replace("\"127.0.0.1:0\"", "8443"), ":3: server.listen: invalid type: integer `8443`"),
+        (GOOD.replace("tls_key = \"certs/server.key\"", ""), ": server.tls_key: tls_cert is set"),
         (
             GOOD.replace("http://orders:8080", "orders:8080"),
             ":18: routes[0].upstream: \"orders:8080\" must start with http",
         ),
+        (GOOD.replace("audiences = [\"orders\"]", ""), ":7: providers[0].audiences: list the audiences"),
+        (GOOD.replace("path = \"/orders\"", "path = \"orders\""), ":15: routes[0].path:"),
+        (GOOD.replace("[[providers]]", "refresh = 1\n[[providers]]"), "unknown field `refresh`"),
         (
-            GOOD.replace("audiences = [\"orders\"]", ""),
-            ":7: providers[0].audiences: list the audiences",
-        ),
-        (
-            GOOD.replace("path = \"/orders\"", "path = \"orders\""),
-            ":15: routes[0].path:",
-        ),
-        (
-            GOOD.replace("[[providers]]", "refresh = 1\n[[providers]]"),
-            "unknown field `refresh`",
-        ),
-        (
-            GOOD.replace(
-                "audiences = [\"orders\"]",
-                "audiences = [\"orders\"]\nrefresh_interval = \"soon\"",
-            ),
+            GOOD.replace("audiences = [\"orders\"]", "audiences = [\"orders\"]\nrefresh_interval = \"soon\""),
             ":12: providers[0].refresh_interval:",
         ),
         (
-            GOOD.replace(
-                "\"x-user-id\" = \"sub\"",
-                "\"x-user-id\" = \"sub\", \"Host\" = \"sub\"",
-            ),
+            GOOD.replace("\"x-user-id\" = \"sub\"", "\"x-user-id\" = \"sub\", \"Host\" = \"sub\""),
             "routes[0].inject_headers.Host",
         ),
-        (
-            GOOD.replace("certs/server.crt", "certs/missing.crt"),
-            "server.tls_cert: certs/missing.crt",
-        ),
-        (
-            GOOD.replace("certs/server.key", "certs/server.crt"),
-            "server.tls_key: certs/server.crt",
-        ),
+        (GOOD.replace("certs/server.crt", "certs/missing.crt"), "server.tls_cert: certs/missing.crt"),
+        (GOOD.replace("certs/server.key", "certs/server.crt"), "server.tls_key: certs/server.crt"),
         ("[[routes]\n".to_owned(), ":1:"),
     ];
     for (config, expected) in cases {
@@ -154,28 +110,15 @@ async fn check_names_the_file_key_line_and_reason_of_an_error() {
 
 #[tokio::test]
 async fn check_warns_about_keys_fetched_over_plain_http() {
-    let dir = workdir(&GOOD.replace(
-        "https://idp.example.com/.well-known",
-        "http://idp.example.com/.well-known",
-    ));
+    let dir = workdir(&GOOD.replace("https://idp.example.com/.well-known", "http://idp.example.com/.well-known"));
     let output = portcullis(&["check", "--config", "portcullis.toml"], dir.path()).await;
     assert!(output.status.success());
-    assert!(
-        text(&output.stderr).contains("JWKS is fetched over plain http"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert!(text(&output.stderr).contains("JWKS is fetched over plain http"), "{}", text(&output.stderr));
 
-    let dir = workdir(&GOOD.replace(
-        "https://idp.example.com/.well-known",
-        "http://127.0.0.1:9/.well-known",
-    ));
+    let dir = workdir(&GOOD.replace("https://idp.example.com/.well-known", "http://127.0.0.1:9/.well-known"));
     let output = portcullis(&["check", "--config", "portcullis.toml"], dir.path()).await;
     assert!(output.status.success());
-    assert!(
-        !text(&output.stderr).contains("plain http"),
-        "loopback needs no warning"
-    );
+    assert!(!text(&output.stderr).contains("plain http"), "loopback needs no warning");
 }
 
 #[tokio::test]
@@ -183,21 +126,14 @@ async fn a_missing_config_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let output = portcullis(&["check"], dir.path()).await;
     assert!(!output.status.success());
-    assert!(
-        text(&output.stderr).contains("config/portcullis.toml: cannot read"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert!(text(&output.stderr).contains("config/portcullis.toml: cannot read"), "{}", text(&output.stderr));
     let output = portcullis(&["run", "--config", "nope.toml"], dir.path()).await;
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("nope.toml: cannot read"));
 }
 
 /// Reads the child's `stream` line by line until `done` says enough.
-async fn read_lines(
-    stream: impl tokio::io::AsyncRead + Unpin,
-    mut done: impl FnMut(&[String]) -> bool,
-) -> Vec<String> {
+async fn read_lines(stream: impl tokio::io::AsyncRead + Unpin, mut done: impl FnMut(&[String]) -> bool) -> Vec<String> {
     let mut lines = BufReader::new(stream).lines();
     let mut seen = Vec::new();
     let read = async {
@@ -214,15 +150,8 @@ async fn read_lines(
 
 async fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .unwrap()
+    Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stops on SIGTERM").unwrap()
 }
 
 #[tokio::test]
@@ -236,42 +165,16 @@ async fn run_serves_the_config_and_stops_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let lines = read_lines(child.stderr.take().unwrap(), |seen| {
-        seen.iter().any(|l| l.contains("listening"))
-    })
-    .await;
-    let listening = lines
-        .iter()
-        .find(|l| l.contains("listening"))
-        .expect("a listening line");
-    let addr = listening
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let lines = read_lines(child.stderr.take().unwrap(), |seen| seen.iter().any(|l| l.contains("listening"))).await;
+    let listening = lines.iter().find(|l| l.contains("listening")).expect("a listening line");
+    let addr = listening.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
     let curl = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-k",
-            "-H",
-            "Host: api.example.com",
-        ])
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-k", "-H", "Host: api.example.com"])
         .arg(format!("https://{addr}/orders"))
         .output()
         .await
         .unwrap();
-    assert_eq!(
-        text(&curl.stdout),
-        "401",
-        "{lines:?} {}",
-        text(&curl.stderr)
-    );
+    assert_eq!(text(&curl.stdout), "401", "{lines:?} {}", text(&curl.stderr));
     assert!(terminate(&mut child).await.success());
 }
 
@@ -284,22 +187,15 @@ async fn dev_mode_prints_commands_that_work() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let lines = read_lines(child.stdout.take().unwrap(), |seen| {
-        seen.iter().filter(|l| l.starts_with("curl ")).count() == 6
-    })
-    .await;
-    let export = lines
-        .iter()
-        .find(|l| l.starts_with("export TOKEN="))
-        .expect("an export TOKEN line");
+    let lines =
+        read_lines(child.stdout.take().unwrap(), |seen| seen.iter().filter(|l| l.starts_with("curl ")).count() == 6)
+            .await;
+    let export = lines.iter().find(|l| l.starts_with("export TOKEN=")).expect("an export TOKEN line");
     let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
     assert_eq!(commands.len(), 6, "{lines:#?}");
 
-    let mut expected = vec![
-        ("401", None),
-        ("200", Some("\"x-user-id\":\"alice\"")),
-        ("200", Some("\"x-user-id\":\"alice\"")),
-    ];
+    let mut expected =
+        vec![("401", None), ("200", Some("\"x-user-id\":\"alice\"")), ("200", Some("\"x-user-id\":\"alice\""))];
     expected.extend([
         ("200", Some("/admin/stats")),
         ("403", Some("insufficient_scope")),
@@ -307,17 +203,10 @@ async fn dev_mode_prints_commands_that_work() {
     ]);
     for (command, (status, body)) in commands.iter().zip(expected) {
         let script = format!("{export}\n{command}");
-        let output = Command::new("bash")
-            .args(["-c", &script])
-            .output()
-            .await
-            .unwrap();
+        let output = Command::new("bash").args(["-c", &script]).output().await.unwrap();
         let response = text(&output.stdout);
         let status_line = response.lines().next().unwrap_or_default();
-        assert!(
-            status_line.contains(&format!(" {status}")),
-            "{command}\n{response}"
-        );
+        assert!(status_line.contains(&format!(" {status}")), "{command}\n{response}");
         if let Some(body) = body {
             assert!(response.contains(body), "{command}\n{response}");
         }

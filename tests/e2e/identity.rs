@@ -7,10 +7,7 @@ use crate::support::{Options, Stack};
 /// The echo's JSON body out of a raw HTTP/1.1 response.
 fn echoed(raw: &str) -> Value {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .unwrap_or_default();
+    let body = raw.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {raw}"))
 }
 
@@ -29,11 +26,7 @@ const SPOOFED: [&str; 7] = [
 async fn send_spoofed(stack: &Stack, path: &str, token: Option<&str>) -> Value {
     let host = format!("Host: localhost:{}", stack.addr.port());
     let auth = token.map(|t| format!("Authorization: Bearer {t}"));
-    let mut head = vec![
-        format!("GET {path} HTTP/1.1"),
-        host,
-        "Connection: close".to_owned(),
-    ];
+    let mut head = vec![format!("GET {path} HTTP/1.1"), host, "Connection: close".to_owned()];
     head.extend(SPOOFED.iter().map(|h| h.to_string()));
     head.extend(auth);
     let head: Vec<&str> = head.iter().map(String::as_str).collect();
@@ -45,15 +38,9 @@ async fn spoofed_identity_headers_are_replaced_on_protected_routes() {
     let stack = Stack::start().await;
     let seen = send_spoofed(&stack, "/orders", Some(&stack.token(json!({})))).await;
     let headers = seen["headers"].as_object().unwrap();
-    assert_eq!(
-        headers["x-user-id"], "alice",
-        "exactly one, the verified one"
-    );
+    assert_eq!(headers["x-user-id"], "alice", "exactly one, the verified one");
     assert_eq!(headers["x-user-roles"], "admin,ops");
-    assert!(
-        !headers.keys().any(|name| name.contains('_')),
-        "{headers:?}"
-    );
+    assert!(!headers.keys().any(|name| name.contains('_')), "{headers:?}");
 }
 
 #[tokio::test]
@@ -61,10 +48,7 @@ async fn spoofed_identity_headers_are_removed_on_public_routes() {
     let stack = Stack::start().await;
     let seen = send_spoofed(&stack, "/public", None).await;
     let headers = seen["headers"].as_object().unwrap();
-    let leaked: Vec<&String> = headers
-        .keys()
-        .filter(|n| n.starts_with("x-user") || n.starts_with("x_user"))
-        .collect();
+    let leaked: Vec<&String> = headers.keys().filter(|n| n.starts_with("x-user") || n.starts_with("x_user")).collect();
     assert!(leaked.is_empty(), "{leaked:?}");
 }
 
@@ -105,17 +89,8 @@ async fn connection_cannot_remove_an_injected_header() {
 #[tokio::test]
 async fn connection_nominated_headers_are_not_forwarded() {
     let stack = Stack::start().await;
-    let reply = stack
-        .get(
-            "/public",
-            &[
-                ("connection", "x-hop"),
-                ("x-hop", "1"),
-                ("x-kept", "1"),
-                ("te", "trailers"),
-            ],
-        )
-        .await;
+    let reply =
+        stack.get("/public", &[("connection", "x-hop"), ("x-hop", "1"), ("x-kept", "1"), ("te", "trailers")]).await;
     assert_eq!(reply.upstream_header("x-hop"), None);
     assert_eq!(reply.upstream_header("te"), None);
     assert_eq!(reply.upstream_header("x-kept"), Some(json!("1")));
@@ -130,11 +105,7 @@ path = "/"
 upstream = "{upstream}"
 inject_headers = { "x-sub" = "sub", "x-n" = "level", "x-groups" = "groups", "x-obj" = "org", "x-mixed" = "mixed", "x-nested" = "org.name", "x-absent" = "nope" }
 "#;
-    let stack = Stack::with(Options {
-        routes: routes.into(),
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::with(Options { routes: routes.into(), ..Options::default() }).await;
     let token = stack.token(json!({
         "level": 3,
         "groups": ["a", "b"],
@@ -157,16 +128,12 @@ inject_headers = { "x-sub" = "sub", "x-n" = "level", "x-groups" = "groups", "x-o
 async fn a_claim_that_cannot_be_a_header_is_refused() {
     let stack = Stack::start().await;
     for sub in ["alice\r\nx-admin: true", "alice\nx", "nul\0byte"] {
-        let reply = stack
-            .get_with_token("/orders", &stack.token(json!({"sub": sub})))
-            .await;
+        let reply = stack.get_with_token("/orders", &stack.token(json!({"sub": sub}))).await;
         assert_eq!(reply.status, 401, "{sub:?}");
         assert_eq!(reply.json()["error"], "invalid_token");
     }
     assert_eq!(stack.echo.requests(), 0);
-    let reply = stack
-        .get_with_token("/orders", &stack.token(json!({"sub": "zoë"})))
-        .await;
+    let reply = stack.get_with_token("/orders", &stack.token(json!({"sub": "zoë"}))).await;
     assert_eq!(reply.status, 200, "UTF-8 travels as obs-text");
 }
 
@@ -179,15 +146,8 @@ path = "/keeps"
 upstream = "{upstream}"
 forward_token = true
 "#;
-    let stack = Stack::with(Options {
-        routes: routes.into(),
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::with(Options { routes: routes.into(), ..Options::default() }).await;
     let token = stack.token(json!({}));
     let reply = stack.get_with_token("/keeps", &token).await;
-    assert_eq!(
-        reply.upstream_header("authorization"),
-        Some(json!(format!("Bearer {token}")))
-    );
+    assert_eq!(reply.upstream_header("authorization"), Some(json!(format!("Bearer {token}"))));
 }

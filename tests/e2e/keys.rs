@@ -10,42 +10,25 @@ use serde_json::json;
 use crate::support::{AUDIENCE, ISSUER, Options, Stack, eventually};
 
 fn refreshing_every(interval: &'static str) -> Options {
-    Options {
-        refresh_interval: interval,
-        ..Options::default()
-    }
+    Options { refresh_interval: interval, ..Options::default() }
 }
 
 /// Waits until the gateway has fetched the JWKS at least `count` times.
 async fn fetched(stack: &Stack, count: usize) {
-    let done = eventually(Duration::from_secs(10), || async {
-        stack.idp.fetches() >= count
-    })
-    .await;
+    let done = eventually(Duration::from_secs(10), || async { stack.idp.fetches() >= count }).await;
     assert!(done, "only {} fetches", stack.idp.fetches());
 }
 
 #[tokio::test]
 async fn a_newly_published_key_is_accepted_without_restart() {
     let stack = Stack::start().await;
-    assert_eq!(
-        stack
-            .get_with_token("/orders", &stack.token(json!({})))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(stack.get_with_token("/orders", &stack.token(json!({}))).await.status, 200);
     fetched(&stack, 1).await;
 
     let next = SigningKey::generate("k2");
     stack.idp.publish(&[&stack.key, &next]);
-    let reply = stack
-        .get_with_token("/orders", &next.sign(&stack.claims(json!({}))))
-        .await;
-    assert_eq!(
-        reply.status, 200,
-        "the unknown kid waited for one early fetch"
-    );
+    let reply = stack.get_with_token("/orders", &next.sign(&stack.claims(json!({})))).await;
+    assert_eq!(reply.status, 200, "the unknown kid waited for one early fetch");
     assert_eq!(reply.upstream_header("x-user-id"), Some(json!("alice")));
     assert_eq!(stack.idp.fetches(), 2);
 }
@@ -54,10 +37,7 @@ async fn a_newly_published_key_is_accepted_without_restart() {
 async fn a_retired_key_is_refused_after_the_next_refresh() {
     let stack = Stack::with(refreshing_every("200ms")).await;
     let old_token = stack.token(json!({}));
-    assert_eq!(
-        stack.get_with_token("/orders", &old_token).await.status,
-        200
-    );
+    assert_eq!(stack.get_with_token("/orders", &old_token).await.status, 200);
 
     let next = SigningKey::generate("k2");
     stack.idp.publish(&[&next]);
@@ -67,10 +47,7 @@ async fn a_retired_key_is_refused_after_the_next_refresh() {
     .await;
     assert!(retired, "the retired key still verifies");
     let new_token = next.sign(&stack.claims(json!({})));
-    assert_eq!(
-        stack.get_with_token("/orders", &new_token).await.status,
-        200
-    );
+    assert_eq!(stack.get_with_token("/orders", &new_token).await.status, 200);
 }
 
 #[tokio::test]
@@ -88,11 +65,7 @@ async fn bad_key_sets_never_replace_the_last_good_one() {
         stack.idp.publish_document(document.clone());
         let seen = stack.idp.fetches();
         fetched(&stack, seen + 2).await;
-        assert_eq!(
-            stack.get_with_token("/orders", &token).await.status,
-            200,
-            "after {document}"
-        );
+        assert_eq!(stack.get_with_token("/orders", &token).await.status, 200, "after {document}");
     }
 }
 
@@ -121,10 +94,7 @@ async fn a_stalled_identity_provider_never_holds_requests_for_long() {
 
     let started = Instant::now();
     assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "a known key waited for a periodic fetch"
-    );
+    assert!(started.elapsed() < Duration::from_millis(500), "a known key waited for a periodic fetch");
 
     let unknown = |kid: &str| {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
@@ -132,44 +102,20 @@ async fn a_stalled_identity_provider_never_holds_requests_for_long() {
         stack.key.sign_with(&header, &stack.claims(json!({})))
     };
     let started = Instant::now();
-    assert_eq!(
-        stack
-            .get_with_token("/orders", &unknown("new-1"))
-            .await
-            .status,
-        401
-    );
+    assert_eq!(stack.get_with_token("/orders", &unknown("new-1")).await.status, 401);
     let waited = started.elapsed();
-    assert!(
-        waited < Duration::from_millis(2500),
-        "an unknown kid waited {waited:?}"
-    );
+    assert!(waited < Duration::from_millis(2500), "an unknown kid waited {waited:?}");
 
     let started = Instant::now();
-    assert_eq!(
-        stack
-            .get_with_token("/orders", &unknown("new-2"))
-            .await
-            .status,
-        401
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "within the cooldown, no second wait"
-    );
+    assert_eq!(stack.get_with_token("/orders", &unknown("new-2")).await.status, 401);
+    assert!(started.elapsed() < Duration::from_millis(500), "within the cooldown, no second wait");
     assert_eq!(stack.echo.requests(), 2);
 }
 
 #[tokio::test]
 async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_cooldown() {
     let stack = Stack::start().await;
-    assert_eq!(
-        stack
-            .get_with_token("/orders", &stack.token(json!({})))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(stack.get_with_token("/orders", &stack.token(json!({}))).await.status, 200);
     fetched(&stack, 1).await;
     let before = stack.idp.fetches();
 
@@ -183,20 +129,14 @@ async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_cooldown() {
     });
     let statuses = futures_util::future::join_all(requests).await;
     assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
-    assert!(
-        stack.idp.fetches() <= before + 1,
-        "{} fetches for one flood",
-        stack.idp.fetches() - before
-    );
+    assert!(stack.idp.fetches() <= before + 1, "{} fetches for one flood", stack.idp.fetches() - before);
     assert_eq!(stack.echo.requests(), 1);
 }
 
 #[tokio::test]
 async fn routes_deny_until_the_keys_are_first_loaded() {
     let key = Arc::new(SigningKey::generate("k1"));
-    let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone())
-        .await
-        .unwrap();
+    let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone()).await.unwrap();
     idp.publish_document(json!({"keys": []}));
     let stack = Stack::with_idp(refreshing_every("100ms"), idp, key).await;
     let token = stack.token(json!({}));
@@ -206,16 +146,11 @@ async fn routes_deny_until_the_keys_are_first_loaded() {
     assert_eq!(reply.json()["error"], "temporarily_unavailable");
     assert_eq!(stack.get_with_token("/maybe", &token).await.status, 503);
     assert_eq!(stack.echo.requests(), 0);
-    assert_eq!(
-        stack.get("/public", &[]).await.status,
-        200,
-        "public routes need no keys"
-    );
+    assert_eq!(stack.get("/public", &[]).await.status, 200, "public routes need no keys");
 
     stack.idp.publish(&[&stack.key]);
-    let recovered = eventually(Duration::from_secs(10), || async {
-        stack.get_with_token("/orders", &token).await.status == 200
-    })
-    .await;
+    let recovered =
+        eventually(Duration::from_secs(10), || async { stack.get_with_token("/orders", &token).await.status == 200 })
+            .await;
     assert!(recovered);
 }

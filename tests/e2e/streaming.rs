@@ -16,13 +16,8 @@ use crate::support::{self, Options, Stack};
 const WITHIN: Duration = Duration::from_secs(10);
 
 fn public_route_to(addr: std::net::SocketAddr) -> Options {
-    let routes = format!(
-        "[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n"
-    );
-    Options {
-        routes,
-        ..Options::default()
-    }
+    let routes = format!("[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n");
+    Options { routes, ..Options::default() }
 }
 
 /// Reads from `stream` until `marker` has been seen.
@@ -30,11 +25,7 @@ async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, marker: &[u8]) {
     let mut buf = [0u8; 4096];
     while !seen.windows(marker.len()).any(|w| w == marker) {
         let n = stream.read(&mut buf).await.unwrap();
-        assert!(
-            n > 0,
-            "the connection closed before {:?}",
-            String::from_utf8_lossy(marker)
-        );
+        assert!(n > 0, "the connection closed before {:?}", String::from_utf8_lossy(marker));
         seen.extend_from_slice(&buf[..n]);
     }
 }
@@ -55,13 +46,8 @@ async fn a_response_streams_to_the_client_before_it_ends() {
     });
     let stack = Stack::with(public_route_to(addr)).await;
     let client = support::client::<Full<Bytes>>(&stack.cert, Version::HTTP_11);
-    let request = Request::get(stack.url("/stream"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = tokio::time::timeout(WITHIN, client.request(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let request = Request::get(stack.url("/stream")).body(Full::new(Bytes::new())).unwrap();
+    let response = tokio::time::timeout(WITHIN, client.request(request)).await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let frame = tokio::time::timeout(WITHIN, body.frame())
@@ -69,11 +55,7 @@ async fn a_response_streams_to_the_client_before_it_ends() {
         .expect("the first part arrives while the upstream holds the rest");
     assert_eq!(frame.unwrap().unwrap().into_data().unwrap(), "first");
     finish.send(()).unwrap();
-    let rest = tokio::time::timeout(WITHIN, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+    let rest = tokio::time::timeout(WITHIN, body.collect()).await.unwrap().unwrap().to_bytes();
     assert_eq!(rest, "last");
 }
 
@@ -88,33 +70,20 @@ async fn a_request_body_streams_to_the_upstream_before_it_ends() {
         read_until(&mut stream, &mut seen, b"first-part").await;
         got_first.send(()).unwrap();
         read_until(&mut stream, &mut seen, b"last-part").await;
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .await
-            .unwrap();
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
     });
     let stack = Stack::with(public_route_to(addr)).await;
     let client = support::client::<Channel<Bytes>>(&stack.cert, Version::HTTP_2);
     let (mut sender, body) = Channel::<Bytes>::new(1);
     let request = Request::post(stack.url("/upload")).body(body).unwrap();
     let response = tokio::spawn(client.request(request));
-    sender
-        .send_data(Bytes::from_static(b"first-part"))
-        .await
-        .unwrap();
+    sender.send_data(Bytes::from_static(b"first-part")).await.unwrap();
     tokio::time::timeout(WITHIN, first_seen)
         .await
         .expect("the upstream sees the first part while the client still holds the rest")
         .unwrap();
-    sender
-        .send_data(Bytes::from_static(b"last-part"))
-        .await
-        .unwrap();
+    sender.send_data(Bytes::from_static(b"last-part")).await.unwrap();
     drop(sender);
-    let response = tokio::time::timeout(WITHIN, response)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let response = tokio::time::timeout(WITHIN, response).await.unwrap().unwrap().unwrap();
     assert_eq!(response.status(), 200);
 }

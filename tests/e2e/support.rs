@@ -68,12 +68,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            routes: ROUTES.to_owned(),
-            refresh_interval: "1h",
-            refetch_cooldown: "10s",
-            tls: true,
-        }
+        Options { routes: ROUTES.to_owned(), refresh_interval: "1h", refetch_cooldown: "10s", tls: true }
     }
 }
 
@@ -96,9 +91,7 @@ impl Stack {
 
     pub async fn with(options: Options) -> Stack {
         let key = Arc::new(SigningKey::generate("k1"));
-        let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone())
-            .await
-            .unwrap();
+        let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone()).await.unwrap();
         Stack::with_idp(options, idp, key).await
     }
 
@@ -107,11 +100,7 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let (cert, private) = portcullis::dev::write_self_signed_certificate(dir.path()).unwrap();
         let echo = EchoUpstream::start().await.unwrap();
-        let tls = if options.tls {
-            format!("tls_cert = {cert:?}\ntls_key = {private:?}\n")
-        } else {
-            String::new()
-        };
+        let tls = if options.tls { format!("tls_cert = {cert:?}\ntls_key = {private:?}\n") } else { String::new() };
         let text = format!(
             r#"
 [server]
@@ -136,17 +125,7 @@ refetch_cooldown = "{cooldown}"
         let stop = CancellationToken::new();
         tokio::spawn(gateway.serve(stop.clone().cancelled_owned()));
         let client = client(&cert, Version::HTTP_11);
-        Stack {
-            addr,
-            idp,
-            key,
-            echo,
-            cert,
-            tls: options.tls,
-            client,
-            _dir: dir,
-            _stop: stop.drop_guard(),
-        }
+        Stack { addr, idp, key, echo, cert, tls: options.tls, client, _dir: dir, _stop: stop.drop_guard() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -167,10 +146,7 @@ refetch_cooldown = "{cooldown}"
         for (name, value) in changes.as_object().unwrap() {
             match value {
                 Value::Null => claims.as_object_mut().unwrap().remove(name),
-                value => claims
-                    .as_object_mut()
-                    .unwrap()
-                    .insert(name.clone(), value.clone()),
+                value => claims.as_object_mut().unwrap().insert(name.clone(), value.clone()),
             };
         }
         claims
@@ -186,17 +162,10 @@ refetch_cooldown = "{cooldown}"
     }
 
     pub async fn get_with_token(&self, path: &str, token: &str) -> Reply {
-        self.get(path, &[("authorization", &format!("Bearer {token}"))])
-            .await
+        self.get(path, &[("authorization", &format!("Bearer {token}"))]).await
     }
 
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Reply {
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
         let mut request = Request::builder().method(method).uri(self.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -210,10 +179,7 @@ refetch_cooldown = "{cooldown}"
         let mut text = head.join("\r\n");
         text.push_str("\r\n\r\n");
         let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let mut tls = tls_connector(&self.cert)
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let mut tls = tls_connector(&self.cert).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
         tls.write_all(text.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
@@ -250,23 +216,13 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(root))
-        .https_or_http();
-    let connector = if version == Version::HTTP_2 {
-        builder.enable_http2().build()
-    } else {
-        builder.enable_http1().build()
-    };
-    Client::builder(TokioExecutor::new())
-        .http2_only(version == Version::HTTP_2)
-        .build(connector)
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(root)).https_or_http();
+    let connector =
+        if version == Version::HTTP_2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
+    Client::builder(TokioExecutor::new()).http2_only(version == Version::HTTP_2).build(connector)
 }
 
-pub async fn send(
-    client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    request: Request<Full<Bytes>>,
-) -> Reply {
+pub async fn send(client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>, request: Request<Full<Bytes>>) -> Reply {
     let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
         .await
         .expect("the gateway answers in time")
@@ -282,16 +238,12 @@ pub async fn send(
 
 fn tls_config(root: &PathBuf) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(root).unwrap())
-        .unwrap();
-    rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::aws_lc_rs::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth()
+    roots.add(CertificateDer::from_pem_file(root).unwrap()).unwrap();
+    rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// A TLS connector for raw HTTP/1.1 bytes.
