@@ -12,6 +12,8 @@ use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
 };
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -118,6 +120,15 @@ impl SigningKey {
         let mut header = Header::new(self.algorithm);
         header.kid = self.kid.clone();
         self.sign_with(&header, claims)
+    }
+
+    /// Signs a header and payload given as raw JSON text, byte for byte
+    /// (tests forge what serializers would never write).
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, self.algorithm)
+            .expect("signing with a valid key");
+        format!("{message}.{signature}")
     }
 
     /// Signs `claims` under any header (tests forge some).
@@ -263,8 +274,17 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Fu
             if shared.stalled.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
+            tokio::time::sleep(Duration::from_millis(shared.delay_ms.load(Ordering::SeqCst))).await;
             let document = shared.document.lock().map(|d| d.clone()).unwrap_or_default();
-            json_response(StatusCode::OK, &document)
+            let status = StatusCode::from_u16(shared.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+            let mut response = json_response(status, &document);
+            for (name, value) in shared.headers.lock().map(|h| h.clone()).unwrap_or_default() {
+                response.headers_mut().append(name, value);
+            }
+            response
+        }
+        "/.well-known/openid-configuration" => {
+            json_response(StatusCode::OK, &json!({"issuer": shared.minter.issuer, "jwks_uri": shared.jwks_url}))
         }
         "/token" => {
             let query = request.uri().query().unwrap_or_default();

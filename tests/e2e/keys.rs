@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 use portcullis::dev::{IdentityProvider, SigningKey};
 use serde_json::json;
 
-use crate::support::{AUDIENCE, ISSUER, Options, Stack, eventually};
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::Full;
+
+use crate::support::{self, AUDIENCE, ISSUER, Options, Stack, eventually};
 
 fn refreshing_every(interval: &'static str) -> Options {
     Options { refresh_interval: interval, ..Options::default() }
@@ -120,12 +124,17 @@ async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_cooldown() {
     let before = stack.idp.fetches();
 
     let stranger = SigningKey::generate("unused");
-    let requests = (0..40).map(|i| {
+    let client = support::client::<Full<Bytes>>(&stack.cert, Version::HTTP_2);
+    let requests = (0..500).map(|i| {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some(format!("random-{i}"));
         let token = stranger.sign_with(&header, &stack.claims(json!({})));
-        let stack = &stack;
-        async move { stack.get_with_token("/orders", &token).await.status }
+        let request = Request::get(stack.url("/orders"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let client = &client;
+        async move { support::send(client, request).await.status }
     });
     let statuses = futures_util::future::join_all(requests).await;
     assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
@@ -153,4 +162,170 @@ async fn routes_deny_until_the_keys_are_first_loaded() {
         eventually(Duration::from_secs(10), || async { stack.get_with_token("/orders", &token).await.status == 200 })
             .await;
     assert!(recovered);
+}
+
+/// A name, and how to make the identity provider behave so.
+type Misbehaviour<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
+#[tokio::test]
+async fn misbehaving_identity_providers_never_cost_the_last_good_keys() {
+    // long enough to read 50 MiB, were the size cap not there
+    let options = Options { refresh_interval: "100ms", ..Options::provider("fetch_timeout = \"3s\"") };
+    let stack = Stack::with(options).await;
+    let token = stack.token(json!({}));
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+    let idp = &stack.idp;
+    // every document below offers a new key: were it accepted, the new
+    // key's token would pass
+    let next = Arc::new(SigningKey::generate("k2"));
+    let next_token = next.sign(&stack.claims(json!({})));
+    let both = json!({"keys": [stack.key.jwk(), next.jwk()]});
+    // a host that would serve the new key, were redirects to it followed
+    let other = IdentityProvider::start(ISSUER, AUDIENCE, next.clone()).await.unwrap();
+    let elsewhere = format!("http://localhost:{}/.well-known/jwks.json", other.addr().port());
+    let misbehaviours: [Misbehaviour; 5] = [
+        ("500", Box::new(|| idp.respond_with(StatusCode::INTERNAL_SERVER_ERROR))),
+        ("404", Box::new(|| idp.respond_with(StatusCode::NOT_FOUND))),
+        ("slow", Box::new(|| idp.delay(Duration::from_secs(10)))),
+        ("50 MiB", Box::new(|| idp.publish_document(json!({"keys": both["keys"], "pad": "x".repeat(50 << 20)})))),
+        (
+            "redirecting elsewhere",
+            Box::new(|| {
+                idp.respond_with(StatusCode::FOUND);
+                idp.add_header("location", &elsewhere);
+            }),
+        ),
+    ];
+    for (name, misbehave) in misbehaviours {
+        idp.publish_document(both.clone());
+        misbehave();
+        // two attempts have started, so one has finished
+        let seen = idp.fetches();
+        fetched(&stack, seen + 2).await;
+        assert_eq!(stack.get_with_token("/orders", &token).await.status, 200, "while the JWKS is {name}");
+        assert_eq!(stack.get_with_token("/orders", &next_token).await.status, 401, "{name} was accepted");
+        idp.respond_with(StatusCode::OK);
+        idp.delay(Duration::ZERO);
+        idp.publish(&[&stack.key]);
+        fetched(&stack, idp.fetches() + 1).await;
+    }
+    assert_eq!(other.fetches(), 0, "the redirect was followed");
+    idp.publish(&[&stack.key, &next]);
+    let recovered = eventually(Duration::from_secs(5), || async {
+        stack.get_with_token("/orders", &next_token).await.status == 200
+    });
+    assert!(recovered.await, "a well-behaved JWKS is picked up again");
+}
+
+#[tokio::test]
+async fn rotation_causes_no_false_refusals() {
+    let stack = Stack::with(refreshing_every("200ms")).await;
+    let next = Arc::new(SigningKey::generate("k2"));
+    let signer = std::sync::Mutex::new(stack.key.clone());
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    let traffic = async {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let key = signer.lock().unwrap().clone();
+            let status = stack.get_with_token("/orders", &key.sign(&stack.claims(json!({})))).await.status;
+            sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if status != 200 {
+                refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    };
+    let rotation = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stack.idp.publish(&[&stack.key, &next]); // 1. publish the new key
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        *signer.lock().unwrap() = next.clone(); // 2. sign with it
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stack.idp.publish(&[&next]); // 3. retire the old one
+    };
+    tokio::join!(traffic, rotation);
+    assert!(sent.into_inner() > 10);
+    assert_eq!(refused.into_inner(), 0, "a valid token was refused during rotation");
+    let old = stack.key.sign(&stack.claims(json!({})));
+    let retired =
+        eventually(Duration::from_secs(5), || async { stack.get_with_token("/orders", &old).await.status == 401 });
+    assert!(retired.await, "the retired key still verifies");
+}
+
+/// A stack whose identity provider sends `cache_control` from the start.
+async fn stack_with_cache_control(options: Options, cache_control: &str) -> Stack {
+    let key = Arc::new(SigningKey::generate("k1"));
+    let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone()).await.unwrap();
+    idp.add_header("cache-control", cache_control);
+    Stack::with_idp(options, idp, key).await
+}
+
+#[tokio::test]
+async fn cache_control_decides_when_keys_are_fetched_again() {
+    // max-age=0 is clamped up to min_refresh: fetched every 200 ms
+    let stack = stack_with_cache_control(Options::provider("min_refresh = \"200ms\""), "public, max-age=0").await;
+    assert_eq!(stack.get_with_token("/orders", &stack.token(json!({}))).await.status, 200);
+    fetched(&stack, 5).await;
+
+    // max-age=3600 beats a refresh_interval of 100 ms, which applies only
+    // when the response says nothing
+    let stack = stack_with_cache_control(refreshing_every("100ms"), "max-age=3600").await;
+    assert_eq!(stack.get_with_token("/orders", &stack.token(json!({}))).await.status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stack.idp.fetches(), 1, "fetched again despite max-age=3600");
+}
+
+#[tokio::test]
+async fn keys_stop_verifying_max_stale_after_they_expire() {
+    let options = Options { refresh_interval: "100ms", ..Options::provider("max_stale = \"300ms\"") };
+    let stack = Stack::with(options).await;
+    let token = stack.token(json!({}));
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+    stack.idp.stop();
+    let stale =
+        eventually(Duration::from_secs(5), || async { stack.get_with_token("/orders", &token).await.status == 503 });
+    assert!(stale.await, "stale keys still verify");
+    let before = stack.echo.requests();
+    let reply = stack.get_with_token("/orders", &token).await;
+    assert_eq!(reply.json()["error"], "temporarily_unavailable");
+    assert_eq!(stack.echo.requests(), before, "a refused request never reaches the upstream");
+}
+
+#[tokio::test]
+async fn a_restart_during_an_outage_verifies_with_cached_keys() {
+    let cache = tempfile::tempdir().unwrap();
+    let provider = format!("cache_dir = {:?}", cache.path().display().to_string());
+    let first = Stack::with(Options::provider(&provider)).await;
+    let token = first.token(json!({}));
+    assert_eq!(first.get_with_token("/orders", &token).await.status, 200);
+    let jwks_url = first.idp.jwks_url();
+    let key = first.key.clone();
+    drop(first); // the gateway and its identity provider both go away
+
+    // a new gateway, configured for the same (now unreachable) JWKS URL
+    let providers = format!(
+        "[[providers]]\nname = \"idp\"\nissuer = \"{ISSUER}\"\njwks_url = \"{jwks_url}\"\naudiences = [\"orders\"]\n{provider}\n"
+    );
+    let second = Stack::with(Options::providers(&providers)).await;
+    assert_eq!(second.get_with_token("/orders", &token).await.status, 200, "verified with the cached keys");
+    let stranger = SigningKey::generate("k2").sign(&second.claims(json!({})));
+    assert_eq!(second.get_with_token("/orders", &stranger).await.status, 401);
+    drop(key);
+}
+
+#[tokio::test]
+async fn an_unknown_kid_is_not_fetched_for_again_soon() {
+    let stack = Stack::with(Options { refetch_cooldown: "100ms", ..Options::default() }).await;
+    assert_eq!(stack.get_with_token("/orders", &stack.token(json!({}))).await.status, 200);
+    fetched(&stack, 1).await;
+    let stranger = SigningKey::generate("gone").sign(&stack.claims(json!({})));
+    assert_eq!(stack.get_with_token("/orders", &stranger).await.status, 401);
+    let after_first = stack.idp.fetches();
+    assert_eq!(after_first, 2, "one early fetch for a new kid");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the cooldown is over
+    assert_eq!(stack.get_with_token("/orders", &stranger).await.status, 401);
+    assert_eq!(stack.idp.fetches(), after_first, "a kid just found missing is not fetched for again");
+    let another = SigningKey::generate("new").sign(&stack.claims(json!({})));
+    assert_eq!(stack.get_with_token("/orders", &another).await.status, 401);
+    assert_eq!(stack.idp.fetches(), after_first + 1, "another kid may still ask");
 }

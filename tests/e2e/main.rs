@@ -3,6 +3,7 @@
 
 mod cli;
 mod identity;
+mod key_sources;
 mod keys;
 mod proxying;
 mod streaming;

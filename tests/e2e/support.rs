@@ -63,12 +63,60 @@ pub struct Options {
     pub routes: String,
     pub refresh_interval: &'static str,
     pub refetch_cooldown: &'static str,
+    /// More keys for the default `[[providers]]` entry.
+    pub provider: String,
+    /// Replaces the whole providers part; `{jwks_url}` and `{issuer}` are
+    /// the identity provider's.
+    pub providers: Option<String>,
     pub tls: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { routes: ROUTES.to_owned(), refresh_interval: "1h", refetch_cooldown: "10s", tls: true }
+        Options {
+            routes: ROUTES.to_owned(),
+            refresh_interval: "1h",
+            refetch_cooldown: "10s",
+            provider: String::new(),
+            providers: None,
+            tls: true,
+        }
+    }
+}
+
+impl Options {
+    pub fn routes(routes: &str) -> Options {
+        Options { routes: routes.to_owned(), ..Options::default() }
+    }
+
+    pub fn provider(extra: &str) -> Options {
+        Options { provider: extra.to_owned(), ..Options::default() }
+    }
+
+    pub fn providers(providers: &str) -> Options {
+        Options { providers: Some(providers.to_owned()), ..Options::default() }
+    }
+
+    /// The config text for `idp` and `upstream`, without `[server]`.
+    fn text(&self, idp: &IdentityProvider, upstream: &str) -> String {
+        let providers = match &self.providers {
+            Some(providers) => providers.clone(),
+            None => format!(
+                r#"
+[[providers]]
+name = "idp"
+issuer = "{{issuer}}"
+jwks_url = "{{jwks_url}}"
+audiences = ["{AUDIENCE}", "other"]
+refresh_interval = "{}"
+refetch_cooldown = "{}"
+{}
+"#,
+                self.refresh_interval, self.refetch_cooldown, self.provider
+            ),
+        };
+        let providers = providers.replace("{jwks_url}", &idp.jwks_url()).replace("{issuer}", idp.issuer());
+        format!("{providers}\n{}", self.routes.replace("{upstream}", upstream))
     }
 }
 
@@ -101,26 +149,9 @@ impl Stack {
         let (cert, private) = portcullis::dev::write_self_signed_certificate(dir.path()).unwrap();
         let echo = EchoUpstream::start().await.unwrap();
         let tls = if options.tls { format!("tls_cert = {cert:?}\ntls_key = {private:?}\n") } else { String::new() };
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-{tls}
-[[providers]]
-name = "idp"
-issuer = "{ISSUER}"
-jwks_url = "{jwks}"
-audiences = ["{AUDIENCE}", "other"]
-refresh_interval = "{refresh}"
-refetch_cooldown = "{cooldown}"
-{routes}"#,
-            jwks = idp.jwks_url(),
-            refresh = options.refresh_interval,
-            cooldown = options.refetch_cooldown,
-            routes = options.routes.replace("{upstream}", &echo.url()),
-        );
-        let config = Config::parse(&text, "test.toml").unwrap();
-        let gateway = Gateway::bind(&config).await.unwrap();
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{tls}\n{}", options.text(&idp, &echo.url()));
+        let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let gateway = Gateway::bind(&config).await.unwrap_or_else(|e| panic!("{e}"));
         let addr = gateway.local_addr();
         let stop = CancellationToken::new();
         tokio::spawn(gateway.serve(stop.clone().cancelled_owned()));
