@@ -29,13 +29,18 @@ impl Identity {
     /// A claim by name; a dotted name (`realm_access.roles`) that is not a
     /// top-level claim is looked up as a path into nested objects.
     pub(crate) fn claim(&self, name: &str) -> Option<&Value> {
-        if let Some(value) = self.claims.get(name) {
-            return Some(value);
-        }
-        let mut parts = name.split('.');
-        let first = self.claims.get(parts.next()?)?;
-        parts.try_fold(first, |value, part| value.get(part))
+        claim_of(&self.claims, name)
     }
+}
+
+/// A claim by name, else by dotted path into nested objects.
+pub(crate) fn claim_of<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(name) {
+        return Some(value);
+    }
+    let mut parts = name.split('.');
+    let first = claims.get(parts.next()?)?;
+    parts.try_fold(first, |value, part| value.get(part))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,8 @@ pub mod config;
 mod control;
 pub mod dev;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod keys;
 mod path;

@@ -274,13 +274,16 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Fu
             if shared.stalled.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
-            tokio::time::sleep(Duration::from_millis(shared.delay_ms.load(Ordering::SeqCst))).await;
-            let document = shared.document.lock().map(|d| d.clone()).unwrap_or_default();
+            // everything is decided on arrival, so a test's change applies
+            // to whole requests, never half of one
+            let delay = Duration::from_millis(shared.delay_ms.load(Ordering::SeqCst));
             let status = StatusCode::from_u16(shared.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+            let document = shared.document.lock().map(|d| d.clone()).unwrap_or_default();
             let mut response = json_response(status, &document);
             for (name, value) in shared.headers.lock().map(|h| h.clone()).unwrap_or_default() {
                 response.headers_mut().append(name, value);
             }
+            tokio::time::sleep(delay).await;
             response
         }
         "/.well-known/openid-configuration" => {

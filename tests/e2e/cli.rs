@@ -122,6 +122,39 @@ async fn check_warns_about_keys_fetched_over_plain_http() {
 }
 
 #[tokio::test]
+async fn a_secret_comes_from_the_environment() {
+    let config = r#"
+[[providers]]
+name = "django"
+issuer = "https://django.test"
+secret_env = "PORTCULLIS_TEST_SECRET"
+audiences = ["api"]
+
+[[routes]]
+name = "r"
+path = "/"
+upstream = "http://127.0.0.1:1"
+"#;
+    let dir = workdir(config);
+    let check = |secret: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args(["check", "--config", "portcullis.toml"]).current_dir(dir.path()).env("RUST_LOG", "warn");
+        match secret {
+            Some(secret) => command.env("PORTCULLIS_TEST_SECRET", secret),
+            None => command.env_remove("PORTCULLIS_TEST_SECRET"),
+        };
+        async move { command.output().await.unwrap() }
+    };
+    let output = check(Some(&"k".repeat(32))).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("keys from secret in $PORTCULLIS_TEST_SECRET, algorithms [HS256]"));
+    let output = check(Some("short")).await;
+    assert!(text(&output.stderr).contains("providers[0].secret_env: $PORTCULLIS_TEST_SECRET: a secret of 5 bytes"));
+    let output = check(None).await;
+    assert!(text(&output.stderr).contains("$PORTCULLIS_TEST_SECRET is not set"), "{}", text(&output.stderr));
+}
+
+#[tokio::test]
 async fn a_missing_config_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let output = portcullis(&["check"], dir.path()).await;
