@@ -5,7 +5,6 @@
 //! token's `iss` picks the one provider whose keys are tried; the algorithm
 //! is the one pinned to the key, never the one a token names.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -13,8 +12,7 @@ use http::header::{AUTHORIZATION, COOKIE};
 use serde_json::{Map, Value};
 
 use crate::config::{AuthMode, ClaimRequirement, RouteConfig, TokenSource};
-use crate::keys::KeySet;
-use crate::refetch::Wait;
+use crate::refetch::keys_for;
 use crate::state::{SharedState, Snapshot};
 use crate::token::{self, Reason};
 
@@ -204,43 +202,6 @@ async fn verify(
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     token::check_claims(&jwt.claims, &provider.rules, now)?;
     Ok(jwt.claims)
-}
-
-/// The provider's keys, after waiting briefly for an early fetch when the
-/// token's key is not among them (rotation), or for the first load at start.
-async fn keys_for(snapshot: &Snapshot, index: usize, kid: Option<&str>, state: &SharedState) -> Arc<KeySet> {
-    let keys = &snapshot.keys[index];
-    if keys.find(kid).is_some() {
-        return keys.clone();
-    }
-    let refetch = &snapshot.config.providers[index].refetch;
-    let wait = match (keys.is_loaded(), kid) {
-        (false, _) => refetch.first_load(),
-        (true, Some(kid)) if !refetch.is_known_unknown(kid) => refetch.early(),
-        (true, _) => None,
-    };
-    let Some(Wait { mut completions, deadline }) = wait else {
-        return keys.clone();
-    };
-    loop {
-        let completed = tokio::time::timeout_at(deadline, completions.changed()).await;
-        let latest = {
-            let current = state.load();
-            if !Arc::ptr_eq(&current.config, &snapshot.config) {
-                return keys.clone();
-            }
-            current.keys[index].clone()
-        };
-        if latest.find(kid).is_some() || !matches!(completed, Ok(Ok(()))) {
-            return latest;
-        }
-        if !refetch.is_outstanding() {
-            if let (Some(kid), true) = (kid, latest.is_loaded()) {
-                refetch.remember_unknown(kid);
-            }
-            return latest;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! unknown `kid` through `Refetch`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -73,7 +72,9 @@ impl Control {
         let mut failures = 0u32;
         let mut early = None;
         loop {
-            let delay = match fetch(&mut fetcher, provider, remote).await {
+            let outcome = fetch(&mut fetcher, provider, remote).await;
+            let ok = outcome.is_ok();
+            let delay = match outcome {
                 Ok((keys, lifetime)) => {
                     failures = 0;
                     tracing::info!(provider = %name, keys = keys.len(), kids = ?keys.kids(), fresh_for = ?lifetime, "keys refreshed");
@@ -90,7 +91,7 @@ impl Control {
                     retry
                 }
             };
-            provider.refetch.completed(early);
+            provider.refetch.completed(early, ok);
             match self.wait(provider, delay).await {
                 Some(next) => early = next,
                 None => return,
@@ -102,7 +103,9 @@ impl Control {
         let provider = &config.providers[index];
         let name = &provider.config.name;
         while let Some(early) = self.wait(provider, LOCAL_CHECK_INTERVAL).await {
-            match keys::load_local(&provider.config.source, &provider.config.algorithms) {
+            let loaded = keys::load_local(&provider.config.source, &provider.config.algorithms);
+            let ok = loaded.is_ok();
+            match loaded {
                 Ok((keys, latest)) if latest != fingerprint => {
                     fingerprint = latest;
                     tracing::info!(provider = %name, keys = keys.len(), kids = ?keys.kids(), "keys reloaded");
@@ -113,17 +116,16 @@ impl Control {
                     tracing::warn!(provider = %name, %error, "keys not reloaded; keeping the last good ones");
                 }
             }
-            provider.refetch.completed(early);
+            provider.refetch.completed(early, ok);
         }
     }
 
     /// Sleeps `delay` or until an early fetch is asked for. `None`: shut
     /// down; `Some(early)`: the `asked_at` the next load serves, if any.
     async fn wait(&self, provider: &Provider, delay: Duration) -> Option<Option<u64>> {
-        let refetch = &provider.refetch;
         tokio::select! {
             _ = tokio::time::sleep(delay) => Some(None),
-            _ = refetch.wake.notified() => Some(Some(refetch.asked_at.load(Ordering::Acquire))),
+            asked = provider.refetch.asked() => Some(Some(asked)),
             _ = self.shutdown.cancelled() => None,
         }
     }
@@ -147,8 +149,9 @@ impl Control {
 async fn fetch(fetcher: &mut Fetcher, provider: &Provider, remote: &RemoteKeys) -> Result<(KeySet, Duration), String> {
     let fetched = fetcher.fetch().await.map_err(|e| chain(&e))?;
     let fetched_at = SystemTime::now();
-    let freshness = Freshness::remote(fetched_at, fetched.lifetime, remote.max_stale);
-    let keys = keys::key_set(&fetched.body, &provider.config.algorithms, false, freshness)?;
+    let freshness =
+        Freshness::remote(fetched_at, fetched.lifetime, remote.max_stale).ok_or("freshness out of range")?;
+    let keys = keys::build_set(&fetched.body, &provider.config.algorithms, false, freshness)?;
     if let Some(dir) = &remote.cache_dir {
         let name = &provider.config.name;
         if let Err(error) =
@@ -181,8 +184,8 @@ fn first_keys(config: &Config, index: usize, provider: &Provider) -> Result<(Key
 fn cached_keys(provider: &Provider, remote: &RemoteKeys) -> Option<KeySet> {
     let name = &provider.config.name;
     let cached = keys::load_cached(remote.cache_dir.as_deref()?, name, &cache_source(remote))?;
-    let freshness = Freshness::remote(cached.fetched_at, cached.lifetime, remote.max_stale);
-    let keys = keys::key_set(&cached.body, &provider.config.algorithms, false, freshness).ok()?;
+    let freshness = Freshness::remote(cached.fetched_at, cached.lifetime, remote.max_stale)?;
+    let keys = keys::build_set(&cached.body, &provider.config.algorithms, false, freshness).ok()?;
     if !keys.is_usable(SystemTime::now()) {
         tracing::warn!(provider = %name, "cached keys are older than max_stale: not used");
         return None;

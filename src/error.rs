@@ -44,15 +44,17 @@ impl Rejection {
         }
     }
 
-    /// The status and the OAuth-style error code the client sees.
-    fn status(&self) -> (StatusCode, &'static str) {
-        match self {
+    /// The status and the error code the client sees. A request without
+    /// bearer credentials gets no code (RFC 6750 §3.1), just the challenge.
+    fn status(&self) -> (StatusCode, Option<&'static str>) {
+        let (status, code) = match self {
             Rejection::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
             Rejection::BadRequest(_) | Rejection::Auth(AuthError::Ambiguous) => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
-            Rejection::Auth(AuthError::Missing) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Rejection::Auth(AuthError::UnsupportedScheme) => (StatusCode::UNAUTHORIZED, "invalid_request"),
+            Rejection::Auth(AuthError::Missing | AuthError::UnsupportedScheme) => {
+                return (StatusCode::UNAUTHORIZED, None);
+            }
             Rejection::Auth(AuthError::Invalid(_)) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
@@ -60,7 +62,8 @@ impl Rejection {
             Rejection::Auth(AuthError::Insufficient { .. }) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             Rejection::Upstream(UpstreamError::Unreachable(_)) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Rejection::Upstream(UpstreamError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
-        }
+        };
+        (status, Some(code))
     }
 
     /// What the client is told: enough to act on, nothing internal.
@@ -71,21 +74,25 @@ impl Rejection {
             Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
                 "the token cannot be checked right now; retry later".into()
             }
+            // the route's policy stays in the log (and in `scope` for scopes)
+            Rejection::Auth(AuthError::Insufficient { .. }) => "the token does not grant access to this route".into(),
             other => other.to_string(),
         }
     }
 
     pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
-        let (status, error) = self.status();
+        let (status, code) = self.status();
         let description = self.description();
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": "about:blank",
             "title": status.canonical_reason().unwrap_or_default(),
             "status": status.as_u16(),
             "detail": description,
-            "error": error,
-            "error_description": description,
         });
+        if let Some(code) = code {
+            body["error"] = code.into();
+            body["error_description"] = description.into();
+        }
         let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -180,7 +187,11 @@ mod tests {
             let body = response.into_body().collect().await.unwrap().to_bytes();
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(body["status"], status);
-            assert!(body["error"].is_string() && body["detail"] == body["error_description"]);
+            if status == 401 && challenge == Some("Bearer realm=\"portcullis\"") {
+                assert!(body.get("error").is_none(), "no error code without credentials");
+            } else {
+                assert!(body["error"].is_string() && body["detail"] == body["error_description"]);
+            }
         }
     }
 

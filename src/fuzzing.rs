@@ -55,7 +55,7 @@ fn key_set() -> &'static KeySet {
              "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
         ]}"#;
         let algorithms = [Algorithm::HS256, Algorithm::ES256];
-        keys::key_set(document, &algorithms, true, Freshness::local()).expect("the fuzz keys are valid")
+        keys::build_set(document, &algorithms, true, Freshness::local()).expect("the fuzz keys are valid")
     })
 }
 

@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::auth::{self, AuthError, Identity};
-use crate::config::{RouteConfig, TokenSource};
+use crate::config::{AuthMode, RouteConfig, TokenSource};
 use crate::error::Rejection;
 use crate::headers;
 use crate::path;
@@ -89,6 +89,9 @@ impl Proxy {
         if let Some(identity) = &identity {
             inject_identity(&mut request, route, identity)?;
         }
+        if route.auth != AuthMode::Public {
+            drop_credentials(request.headers_mut(), route, identity.as_ref());
+        }
         let proto = if connection.tls { "https" } else { "http" };
         headers::set_forwarded(request.headers_mut(), connection.peer.ip(), proto, matched.authority.as_ref());
         let request = to_upstream(request, &matched)?;
@@ -142,8 +145,7 @@ fn host_name(authority: &HeaderValue) -> Option<String> {
     Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
 }
 
-/// Sets the route's identity headers from verified claims; drops the token
-/// (header or cookie) unless the route forwards it.
+/// Sets the route's identity headers from verified claims.
 fn inject_identity(request: &mut Request<Incoming>, route: &RouteConfig, identity: &Identity) -> Result<(), Rejection> {
     let headers = request.headers_mut();
     for (name, claim) in &route.inject_headers {
@@ -153,13 +155,24 @@ fn inject_identity(request: &mut Request<Incoming>, route: &RouteConfig, identit
             headers.insert(name.clone(), value);
         }
     }
-    if !route.forward_token {
-        match &identity.source {
-            TokenSource::Header => drop(headers.remove(AUTHORIZATION)),
-            TokenSource::Cookie(name) => headers::remove_cookie(headers, name),
+    Ok(())
+}
+
+/// On a route that verifies tokens, the upstream gets no credential but the
+/// verified one, and that only with `forward_token`: an `Authorization`
+/// header or token cookie that was not checked never reaches it.
+fn drop_credentials(headers: &mut HeaderMap, route: &RouteConfig, identity: Option<&Identity>) {
+    let kept = identity.filter(|_| route.forward_token).map(|identity| &identity.source);
+    if kept != Some(&TokenSource::Header) {
+        headers.remove(AUTHORIZATION);
+    }
+    for source in &route.token_sources {
+        if let TokenSource::Cookie(name) = source
+            && kept != Some(source)
+        {
+            headers::remove_cookie(headers, name);
         }
     }
-    Ok(())
 }
 
 /// Points the request at the route's upstream with the canonical path (the

@@ -8,11 +8,15 @@
 //! Nothing here blocks: state is atomics, a `Notify` and a `watch`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
+
+use crate::keys::KeySet;
+use crate::state::{SharedState, Snapshot};
 
 /// How long a token may wait for the early fetch it (or a concurrent
 /// token) asked for, or for the first load at start.
@@ -24,24 +28,68 @@ const UNKNOWN_KIDS_KEPT: usize = 1024;
 
 /// Coordinates early fetches for tokens with an unknown `kid`.
 pub(crate) struct Refetch {
-    pub(crate) wake: Notify,
+    wake: Notify,
     /// Counts completed fetches, good or bad, so waiters can re-check.
     completed: watch::Sender<u64>,
     cooldown: Duration,
     epoch: Instant,
     /// Milliseconds after `epoch` when the last early fetch was asked for.
-    pub(crate) asked_at: AtomicU64,
+    asked_at: AtomicU64,
     /// `asked_at` of the last early fetch that completed.
     served: AtomicU64,
+    /// Whether that fetch brought a key set (else its absences mean nothing).
+    served_ok: AtomicBool,
     /// Kids still unknown after an early fetch, and until when to refuse
     /// them without asking again. Written rarely, read without locks.
     unknown: ArcSwap<HashMap<String, Instant>>,
 }
 
 /// What a request may wait on, and until when.
-pub(crate) struct Wait {
-    pub(crate) completions: watch::Receiver<u64>,
-    pub(crate) deadline: tokio::time::Instant,
+struct Wait {
+    completions: watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    /// Waiting for an early fetch (not the first load).
+    early: bool,
+}
+
+/// The provider's keys for a token's `kid`, after waiting briefly for an
+/// early fetch when the key is not among them (rotation), or for the first
+/// load at start. Falls back to the latest published set, never to an older
+/// one than the caller had.
+pub(crate) async fn keys_for(snapshot: &Snapshot, index: usize, kid: Option<&str>, state: &SharedState) -> Arc<KeySet> {
+    let keys = &snapshot.keys[index];
+    if keys.find(kid).is_some() {
+        return keys.clone();
+    }
+    let refetch = &snapshot.config.providers[index].refetch;
+    let latest = || {
+        let current = state.load();
+        match Arc::ptr_eq(&current.config, &snapshot.config) {
+            true => current.keys[index].clone(),
+            false => keys.clone(),
+        }
+    };
+    let wait = match (keys.is_loaded(), kid) {
+        (false, _) => refetch.first_load(),
+        (true, Some(kid)) if !refetch.is_known_unknown(kid) => refetch.early(),
+        (true, _) => None,
+    };
+    let Some(Wait { mut completions, deadline, early }) = wait else {
+        return latest();
+    };
+    loop {
+        let completed = tokio::time::timeout_at(deadline, completions.changed()).await;
+        let keys = latest();
+        if keys.find(kid).is_some() || !matches!(completed, Ok(Ok(()))) {
+            return keys;
+        }
+        if !refetch.is_outstanding() {
+            if let (Some(kid), true) = (kid, early && refetch.served_ok.load(Ordering::Acquire)) {
+                refetch.remember_unknown(kid);
+            }
+            return keys;
+        }
+    }
 }
 
 impl Refetch {
@@ -53,17 +101,25 @@ impl Refetch {
             epoch: Instant::now(),
             asked_at: AtomicU64::new(NEVER),
             served: AtomicU64::new(NEVER),
+            served_ok: AtomicBool::new(false),
             unknown: ArcSwap::default(),
         }
     }
 
+    /// Resolves when a token asks for an early fetch, with the ask's time
+    /// (to pass to `completed`).
+    pub(crate) async fn asked(&self) -> u64 {
+        self.wake.notified().await;
+        self.asked_at.load(Ordering::Acquire)
+    }
+
     /// A kid an early fetch recently failed to find.
-    pub(crate) fn is_known_unknown(&self, kid: &str) -> bool {
+    fn is_known_unknown(&self, kid: &str) -> bool {
         self.unknown.load().get(kid).is_some_and(|until| Instant::now() < *until)
     }
 
     /// Remembers that an early fetch did not bring `kid`.
-    pub(crate) fn remember_unknown(&self, kid: &str) {
+    fn remember_unknown(&self, kid: &str) {
         let until = Instant::now() + UNKNOWN_KID_TTL;
         self.unknown.rcu(|current| {
             let now = Instant::now();
@@ -79,30 +135,31 @@ impl Refetch {
     /// For a token whose `kid` is unknown: asks for an early fetch if the
     /// cooldown allows, or joins the one asked for less than
     /// `EARLY_FETCH_WAIT` ago. `None`: deny at once.
-    pub(crate) fn early(&self) -> Option<Wait> {
+    fn early(&self) -> Option<Wait> {
         let completions = self.completed.subscribe();
         let now = self.epoch.elapsed().as_millis() as u64;
         let asked = self.asked_at.load(Ordering::Acquire);
         let cooled = asked == NEVER || now.saturating_sub(asked) >= self.cooldown.as_millis() as u64;
         if cooled && self.asked_at.compare_exchange(asked, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.wake.notify_one();
-            return Some(Wait { completions, deadline: self.deadline(now) });
+            return Some(Wait { completions, deadline: self.deadline(now), early: true });
         }
         let asked = self.asked_at.load(Ordering::Acquire);
         let deadline = self.deadline(asked);
-        (self.is_outstanding() && tokio::time::Instant::now() < deadline).then_some(Wait { completions, deadline })
+        let joinable = self.is_outstanding() && tokio::time::Instant::now() < deadline;
+        joinable.then_some(Wait { completions, deadline, early: true })
     }
 
     /// For a token that arrives while the first fetch is still under way.
-    pub(crate) fn first_load(&self) -> Option<Wait> {
+    fn first_load(&self) -> Option<Wait> {
         let completions = self.completed.subscribe();
         let deadline = tokio::time::Instant::now() + EARLY_FETCH_WAIT;
         let first_pending = *completions.borrow() == 0;
-        first_pending.then_some(Wait { completions, deadline })
+        first_pending.then_some(Wait { completions, deadline, early: false })
     }
 
     /// An early fetch was asked for and has not completed.
-    pub(crate) fn is_outstanding(&self) -> bool {
+    fn is_outstanding(&self) -> bool {
         let asked = self.asked_at.load(Ordering::Acquire);
         asked != NEVER && asked != self.served.load(Ordering::Acquire)
     }
@@ -112,9 +169,11 @@ impl Refetch {
         tokio::time::Instant::from_std(at)
     }
 
-    /// Records a completed fetch; `early` is the `asked_at` it served.
-    pub(crate) fn completed(&self, early: Option<u64>) {
+    /// Records a completed fetch, good (`ok`) or not; `early` is the
+    /// `asked_at` it served, if it was an early one.
+    pub(crate) fn completed(&self, early: Option<u64>, ok: bool) {
         if let Some(asked) = early {
+            self.served_ok.store(ok, Ordering::Release);
             self.served.store(asked, Ordering::Release);
         }
         self.completed.send_modify(|count| *count += 1);
@@ -129,7 +188,7 @@ mod tests {
     async fn early_fetches_respect_the_cooldown() {
         let refetch = Refetch::new(Duration::from_secs(60));
         assert!(refetch.first_load().is_some(), "before any fetch, wait for the first");
-        refetch.completed(None);
+        refetch.completed(None, true);
         assert!(refetch.first_load().is_none(), "after it, not again");
         assert!(!refetch.is_outstanding(), "periodic fetches are never waited for");
 
@@ -138,7 +197,7 @@ mod tests {
         let joined = refetch.early().expect("a concurrent one joins it");
         assert_eq!(joined.deadline, first.deadline, "and gives up at the same time");
         let asked = refetch.asked_at.load(Ordering::Acquire);
-        refetch.completed(Some(asked));
+        refetch.completed(Some(asked), true);
         assert!(!refetch.is_outstanding());
         assert!(refetch.early().is_none(), "within the cooldown: deny at once");
     }

@@ -363,7 +363,7 @@ audiences = ["api"]
             (route("inject_headers = { \"x_id\" = \"sub\" }"), "routes[0].inject_headers.x_id: use '-'"),
             (route("inject_headers = { \"x-forwarded-for\" = \"sub\" }"), "is managed by the proxy"),
             (route("require_claims = { roles = [] }"), "routes[0].require_claims.roles: give a claim name"),
-            (route("upstream_timeout = \"0s\""), "routes[0].upstream_timeout: must be longer than zero"),
+            (route("upstream_timeout = \"0s\""), "routes[0].upstream_timeout: must be between 1ms and 1day"),
             (route("auth = \"sometimes\""), "t.toml:11: routes[0].auth: unknown variant `sometimes`"),
             (format!("{}{}", route(""), route("")), "routes[1].name: \"r\" is the same as routes[0]'s"),
             (
@@ -489,6 +489,16 @@ audiences = ["api"]
                 "providers[0].issuer: discovery needs an issuer URL",
             ),
             ("name = \"idp\"", "name = \"i/dp\"", "providers[0].name: use letters, digits"),
+            (
+                jwks,
+                "jwks_url = \"https://i/j\"\nmax_stale = \"400000y\"",
+                "providers[0].max_stale: must be between 0s and 1year",
+            ),
+            (
+                jwks,
+                "jwks_url = \"https://i/j\"\nrefetch_cooldown = \"1ms\"",
+                "providers[0].refetch_cooldown: must be between 100ms and 1h",
+            ),
         ];
         for (replace, with, expected) in cases {
             let message = provider_error(replace, with);

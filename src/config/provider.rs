@@ -8,7 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
 use super::file::ProviderFile;
-use super::validate::{non_empty, positive};
+use super::validate::{DAY, YEAR, non_empty, within};
 use super::*;
 use crate::token::media_type;
 
@@ -41,11 +41,17 @@ pub(super) fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, I
         None => None,
     };
     let max_token_age = match file.max_token_age {
-        Some(age) => Some(positive(&key("max_token_age"), Some(age), age)?),
+        Some(age) => Some(within(&key("max_token_age"), Some(age), age, Duration::from_secs(1), YEAR)?),
         None => None,
     };
     Ok(ProviderConfig {
-        refetch_cooldown: positive(&key("refetch_cooldown"), file.refetch_cooldown, DEFAULT_REFETCH_COOLDOWN)?,
+        refetch_cooldown: within(
+            &key("refetch_cooldown"),
+            file.refetch_cooldown,
+            DEFAULT_REFETCH_COOLDOWN,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )?,
         name: file.name,
         issuer: file.issuer,
         audiences: file.audiences,
@@ -105,8 +111,9 @@ fn source(i: usize, file: &ProviderFile) -> Result<KeySource, Invalid> {
 
 fn remote(i: usize, file: &ProviderFile, location: RemoteLocation) -> Result<RemoteKeys, Invalid> {
     let key = |name: &str| format!("providers[{i}].{name}");
-    let min_refresh = positive(&key("min_refresh"), file.min_refresh, DEFAULT_MIN_REFRESH)?;
-    let max_refresh = positive(&key("max_refresh"), file.max_refresh, DEFAULT_MAX_REFRESH)?;
+    let refresh = |name: &str, value, default| within(&key(name), value, default, Duration::from_millis(100), 7 * DAY);
+    let min_refresh = refresh("min_refresh", file.min_refresh, DEFAULT_MIN_REFRESH)?;
+    let max_refresh = refresh("max_refresh", file.max_refresh, DEFAULT_MAX_REFRESH)?;
     if min_refresh > max_refresh {
         return Err(invalid(key("max_refresh"), "must not be shorter than min_refresh"));
     }
@@ -116,13 +123,19 @@ fn remote(i: usize, file: &ProviderFile, location: RemoteLocation) -> Result<Rem
     }
     Ok(RemoteKeys {
         location,
-        refresh_interval: positive(&key("refresh_interval"), file.refresh_interval, DEFAULT_REFRESH_INTERVAL)?,
+        refresh_interval: refresh("refresh_interval", file.refresh_interval, DEFAULT_REFRESH_INTERVAL)?,
         min_refresh,
         max_refresh,
-        fetch_timeout: positive(&key("fetch_timeout"), file.fetch_timeout, DEFAULT_FETCH_TIMEOUT)?,
+        fetch_timeout: within(
+            &key("fetch_timeout"),
+            file.fetch_timeout,
+            DEFAULT_FETCH_TIMEOUT,
+            Duration::from_millis(10),
+            Duration::from_secs(300),
+        )?,
         max_size,
         ca_file: file.ca_file.clone(),
-        max_stale: file.max_stale.unwrap_or(DEFAULT_MAX_STALE),
+        max_stale: within(&key("max_stale"), file.max_stale, DEFAULT_MAX_STALE, Duration::ZERO, YEAR)?,
         cache_dir: file.cache_dir.clone(),
     })
 }

@@ -247,11 +247,28 @@ pub(super) fn non_empty(key: &str, value: &str) -> Result<(), Invalid> {
 }
 
 pub(super) fn positive(key: &str, value: Option<Duration>, default: Duration) -> Result<Duration, Invalid> {
-    match value {
-        Some(d) if d.is_zero() => Err(invalid(key, "must be longer than zero")),
-        Some(d) => Ok(d),
-        None => Ok(default),
+    within(key, value, default, Duration::from_millis(1), DAY)
+}
+
+pub(super) const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+/// humantime's year (365.25 days), so messages read "1year".
+pub(super) const YEAR: Duration = Duration::from_secs(31_557_600);
+
+/// A duration between `min` and `max`: the bounds keep typos like "5d"
+/// for "5s" from surprising anyone, and arithmetic on times from overflowing.
+pub(super) fn within(
+    key: &str,
+    value: Option<Duration>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Invalid> {
+    let value = value.unwrap_or(default);
+    if value < min || value > max {
+        let (min, max) = (humantime::format_duration(min), humantime::format_duration(max));
+        return Err(invalid(key, format!("must be between {min} and {max}")));
     }
+    Ok(value)
 }
 
 /// Refuses a route that an earlier one with the same host and path always

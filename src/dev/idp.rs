@@ -156,6 +156,8 @@ struct Shared {
     document: Mutex<Value>,
     fetches: AtomicUsize,
     stalled: AtomicBool,
+    /// What discovery names as `jwks_uri`, when not our own.
+    advertised_jwks_uri: Mutex<Option<String>>,
     /// How the JWKS endpoint misbehaves, when a test asks it to.
     status: AtomicU16,
     delay_ms: AtomicU64,
@@ -173,6 +175,7 @@ impl IdentityProvider {
             jwks_url: format!("http://{addr}/.well-known/jwks.json"),
             fetches: AtomicUsize::new(0),
             stalled: AtomicBool::new(false),
+            advertised_jwks_uri: Mutex::default(),
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             headers: Mutex::default(),
@@ -204,6 +207,13 @@ impl IdentityProvider {
 
     pub fn issuer(&self) -> &str {
         &self.shared.minter.issuer
+    }
+
+    /// Discovery names `url` as the `jwks_uri` from now on (the set moved).
+    pub fn advertise_jwks_uri(&self, url: &str) {
+        if let Ok(mut advertised) = self.shared.advertised_jwks_uri.lock() {
+            *advertised = Some(url.to_owned());
+        }
     }
 
     /// The JWKS endpoint answers with `status` from now on.
@@ -287,7 +297,9 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Fu
             response
         }
         "/.well-known/openid-configuration" => {
-            json_response(StatusCode::OK, &json!({"issuer": shared.minter.issuer, "jwks_uri": shared.jwks_url}))
+            let advertised = shared.advertised_jwks_uri.lock().ok().and_then(|a| a.clone());
+            let jwks_uri = advertised.unwrap_or_else(|| shared.jwks_url.clone());
+            json_response(StatusCode::OK, &json!({"issuer": shared.minter.issuer, "jwks_uri": jwks_uri}))
         }
         "/token" => {
             let query = request.uri().query().unwrap_or_default();

@@ -5,6 +5,7 @@
 //! crash never leaves half a document. A cached set keeps the time it was
 //! fetched, so `max_stale` counts from then, not from the restart.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,12 +48,18 @@ pub(crate) fn store(
         jwks,
     };
     let text = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let target = path(dir, provider);
-    let temporary = target.with_extension("json.tmp");
-    std::fs::write(&temporary, text)
-        .and_then(|()| std::fs::rename(&temporary, &target))
-        .map_err(|e| format!("{}: {e}", target.display()))
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        // a unique temporary file per write, synced before it replaces the
+        // old one: readers and concurrent writers only ever see whole files
+        let mut temporary = tempfile::NamedTempFile::new_in(dir)?;
+        temporary.write_all(&text)?;
+        temporary.as_file().sync_all()?;
+        temporary.persist(&target)?;
+        Ok(())
+    };
+    write().map_err(|e| super::at(&target, e))
 }
 
 /// The cached set for `provider`, if there is one from the same `source`.
@@ -66,9 +73,12 @@ pub(crate) fn load(dir: &Path, provider: &str, source: &str) -> Option<Cached> {
             return None;
         }
     };
-    (entry.source == source).then(|| Cached {
+    if entry.source != source {
+        return None;
+    }
+    Some(Cached {
         body: entry.jwks.get().as_bytes().to_vec(),
-        fetched_at: UNIX_EPOCH + Duration::from_secs(entry.fetched_at),
+        fetched_at: UNIX_EPOCH.checked_add(Duration::from_secs(entry.fetched_at))?,
         lifetime: Duration::from_secs(entry.lifetime_secs),
     })
 }
@@ -76,6 +86,7 @@ pub(crate) fn load(dir: &Path, provider: &str, source: &str) -> Option<Cached> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::Freshness;
 
     #[test]
     fn round_trips_and_ignores_other_sources() {
@@ -91,5 +102,11 @@ mod tests {
         assert!(load(dir.path(), "other", "https://a/jwks").is_none());
         std::fs::write(dir.path().join("idp.jwks.json"), "{half").unwrap();
         assert!(load(dir.path(), "idp", "https://a/jwks").is_none());
+        let huge = format!(r#"{{"source":"s","fetched_at":{},"lifetime_secs":{},"jwks":{{}}}}"#, u64::MAX, u64::MAX);
+        std::fs::write(dir.path().join("idp.jwks.json"), huge).unwrap();
+        assert!(
+            load(dir.path(), "idp", "s")
+                .is_none_or(|c| Freshness::remote(c.fetched_at, c.lifetime, Duration::ZERO).is_none())
+        );
     }
 }

@@ -117,13 +117,21 @@ fn bytes(value: &Option<String>, name: &str) -> Result<Vec<u8>, String> {
 
 fn rsa(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
     let modulus = bytes(&jwk.n, "n")?;
-    let bits = modulus.iter().skip_while(|&&b| b == 0).count() * 8;
+    let bits = modulus_bits(&modulus);
     if bits < MIN_RSA_BITS {
         return Err(format!("an RSA key of {bits} bits is under {MIN_RSA_BITS}"));
     }
     let key = DecodingKey::from_rsa_components(member(&jwk.n, "n")?, member(&jwk.e, "e")?)
         .map_err(|e| format!("unusable RSA key: {e}"))?;
     Ok((key, AlgorithmFamily::Rsa.algorithms()))
+}
+
+/// The size of a big-endian modulus in bits, leading zeros not counted.
+fn modulus_bits(modulus: &[u8]) -> usize {
+    match modulus.iter().position(|&b| b != 0) {
+        Some(first) => (modulus.len() - first - 1) * 8 + (8 - modulus[first].leading_zeros() as usize),
+        None => 0,
+    }
 }
 
 fn ec(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
@@ -201,6 +209,16 @@ mod tests {
         ]});
         let keys = parse_set(document.to_string().as_bytes(), RS256, false).unwrap();
         assert_eq!(kids(&keys), ["sig", "good"]);
+    }
+
+    #[test]
+    fn counts_modulus_bits_exactly() {
+        assert_eq!(modulus_bits(&[0, 0, 1]), 1);
+        assert_eq!(modulus_bits(&[0x80, 0]), 16);
+        let mut short = vec![0xFFu8; 256];
+        short[0] = 0x7F; // 2047 bits
+        let jwk = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(&short), "e": "AQAB"});
+        assert!(verifying_key(serde_json::from_value(jwk).unwrap(), RS256, false).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, jwk};
 
-use super::{Freshness, KeySet, VerifyingKey, key_set};
+use super::{Freshness, KeySet, VerifyingKey, at, build_set};
 use crate::config::KeySource;
 
 /// Tells whether a source changed since it was last loaded.
@@ -21,7 +21,7 @@ pub(crate) fn load(source: &KeySource, algorithms: &[Algorithm]) -> Result<(KeyS
     match source {
         KeySource::JwksFile(path) => {
             let bytes = read(path)?;
-            let set = key_set(&bytes, algorithms, true, Freshness::local()).map_err(|e| at(path, e))?;
+            let set = build_set(&bytes, algorithms, true, Freshness::local()).map_err(|e| at(path, e))?;
             Ok((set, fingerprint(&bytes)))
         }
         KeySource::PublicKeyFile(path) => {
@@ -48,10 +48,6 @@ pub(crate) fn load(source: &KeySource, algorithms: &[Algorithm]) -> Result<(KeyS
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| at(path, e.to_string()))
-}
-
-fn at(path: &Path, reason: impl std::fmt::Display) -> String {
-    format!("{}: {reason}", path.display())
 }
 
 fn fingerprint(bytes: &[u8]) -> Fingerprint {

@@ -60,9 +60,11 @@ impl Freshness {
         Freshness { fetched_at: SystemTime::now(), expires_at: None, stale_after: None }
     }
 
-    pub(crate) fn remote(fetched_at: SystemTime, lifetime: Duration, max_stale: Duration) -> Freshness {
-        let expires_at = fetched_at + lifetime;
-        Freshness { fetched_at, expires_at: Some(expires_at), stale_after: Some(expires_at + max_stale) }
+    /// `None` when the times do not fit (a corrupt cache entry, say).
+    pub(crate) fn remote(fetched_at: SystemTime, lifetime: Duration, max_stale: Duration) -> Option<Freshness> {
+        let expires_at = fetched_at.checked_add(lifetime)?;
+        let stale_after = expires_at.checked_add(max_stale)?;
+        Some(Freshness { fetched_at, expires_at: Some(expires_at), stale_after: Some(stale_after) })
     }
 }
 
@@ -125,9 +127,14 @@ impl KeySet {
     }
 }
 
+/// "path: reason", the form of every file error here.
+fn at(path: &std::path::Path, reason: impl std::fmt::Display) -> String {
+    format!("{}: {reason}", path.display())
+}
+
 /// Parses a JWKS document into a set: keys are taken one by one, and one
 /// that cannot be used is skipped with a warning, never costing the others.
-pub(crate) fn key_set(
+pub(crate) fn build_set(
     document: &[u8],
     algorithms: &[Algorithm],
     secrets_allowed: bool,

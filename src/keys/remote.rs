@@ -7,10 +7,11 @@
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
-use http::header::{ACCEPT, CACHE_CONTROL, DATE, EXPIRES};
+use http::header::{ACCEPT, AGE, CACHE_CONTROL, DATE, EXPIRES};
 use reqwest::Url;
 use serde::Deserialize;
 
+use super::at;
 use crate::config::{RemoteKeys, RemoteLocation};
 
 /// One good response.
@@ -46,11 +47,11 @@ impl Fetcher {
             .redirect(same_host_redirects())
             .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &remote.ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|e| at(path, e))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+                .map_err(|e| at(path, format!("not a PEM certificate bundle: {e}")))?;
             if certs.is_empty() {
-                return Err(format!("{}: no PEM certificate in it", path.display()));
+                return Err(at(path, "no PEM certificate in it"));
             }
             builder = builder.tls_certs_merge(certs);
         }
@@ -97,8 +98,7 @@ impl Fetcher {
         }
         let jwks_uri =
             Url::parse(&document.jwks_uri).map_err(|e| FetchError::Discovery(format!("jwks_uri is not a URL: {e}")))?;
-        let downgrade = configuration.scheme() == "https" && jwks_uri.scheme() != "https";
-        if downgrade || !matches!(jwks_uri.scheme(), "https" | "http") {
+        if is_downgrade(configuration, &jwks_uri) || !matches!(jwks_uri.scheme(), "https" | "http") {
             return Err(FetchError::Discovery(format!("jwks_uri {jwks_uri} is not https")));
         }
         Ok(jwks_uri)
@@ -155,7 +155,9 @@ fn freshness(headers: &HeaderMap) -> Option<Duration> {
         }
     }
     if let Some(seconds) = max_age {
-        return Some(Duration::from_secs(seconds));
+        // a cache on the way may have held the response for a while already
+        let age = headers.get(AGE).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        return Some(Duration::from_secs(seconds.saturating_sub(age.unwrap_or(0))));
     }
     let date = |name| {
         let value = headers.get(name)?;
@@ -167,6 +169,11 @@ fn freshness(headers: &HeaderMap) -> Option<Duration> {
     Some(expires.duration_since(now).unwrap_or_default())
 }
 
+/// Going from `from` to `to` would lose TLS.
+fn is_downgrade(from: &Url, to: &Url) -> bool {
+    from.scheme() == "https" && to.scheme() != "https"
+}
+
 /// Redirects may not leave the host we were told to trust, nor drop from
 /// https to http.
 fn same_host_redirects() -> reqwest::redirect::Policy {
@@ -175,8 +182,7 @@ fn same_host_redirects() -> reqwest::redirect::Policy {
             return attempt.stop();
         };
         let next = attempt.url();
-        let downgrade = first.scheme() == "https" && next.scheme() != "https";
-        if attempt.previous().len() > 3 || next.host_str() != first.host_str() || downgrade {
+        if attempt.previous().len() > 3 || next.host_str() != first.host_str() || is_downgrade(first, next) {
             attempt.stop()
         } else {
             attempt.follow()
@@ -204,6 +210,8 @@ mod tests {
         assert_eq!(secs(&[("cache-control", "public, max-age=600")]), Some(600));
         assert_eq!(secs(&[("cache-control", "max-age=\"60\", must-revalidate")]), Some(60));
         assert_eq!(secs(&[("cache-control", "no-cache")]), Some(0));
+        assert_eq!(secs(&[("cache-control", "max-age=600"), ("age", "100")]), Some(500), "Age counts");
+        assert_eq!(secs(&[("cache-control", "max-age=60"), ("age", "100")]), Some(0));
         assert_eq!(secs(&[("cache-control", "max-age=soon")]), None);
         let dated = [("date", "Sun, 22 Nov 2026 10:00:00 GMT"), ("expires", "Sun, 22 Nov 2026 10:30:00 GMT")];
         assert_eq!(secs(&dated), Some(1800));

@@ -390,3 +390,129 @@ async fn a_missing_scope_is_named_in_the_challenge() {
     let reply = stack.get_with_token("/", &stack.token(json!({"scope": "orders:write orders:read"}))).await;
     assert_eq!(reply.status, 200);
 }
+
+#[tokio::test]
+async fn credentials_that_were_not_checked_never_reach_the_upstream() {
+    let routes = r#"
+[[routes]]
+name = "cookie-only"
+path = "/app"
+upstream = "{upstream}"
+token_sources = ["cookie:session"]
+
+[[routes]]
+name = "cookie-optional"
+path = "/maybe"
+upstream = "{upstream}"
+auth = "optional"
+token_sources = ["cookie:session"]
+
+[[routes]]
+name = "both"
+path = "/api"
+upstream = "{upstream}"
+token_sources = ["header", "cookie:session"]
+forward_token = true
+"#;
+    let stack = Stack::with(Options::routes(routes)).await;
+    let token = stack.token(json!({}));
+    let forged = SigningKey::generate("k1").sign(&stack.claims(json!({"sub": "root"})));
+    let session = format!("session={token}; theme=dark");
+    let forged_bearer = format!("Bearer {forged}");
+
+    let reply = stack.get("/app", &[("cookie", &session), ("authorization", &forged_bearer)]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.upstream_header("authorization"), None, "a bearer nobody checked");
+
+    for authorization in [forged_bearer.as_str(), "Basic YWxpY2U6c2VjcmV0"] {
+        let reply = stack.get("/maybe", &[("authorization", authorization)]).await;
+        assert_eq!(reply.status, 200, "anonymous on an optional cookie route");
+        assert_eq!(reply.upstream_header("authorization"), None, "{authorization}");
+    }
+
+    let bearer = format!("Bearer {token}");
+    let forged_cookie = format!("session={forged}; theme=dark");
+    let reply = stack.get("/api", &[("authorization", &bearer), ("cookie", &forged_cookie)]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.upstream_header("authorization"), Some(json!(bearer)), "the checked one is forwarded");
+    assert_eq!(reply.upstream_header("cookie"), Some(json!("theme=dark")), "a token cookie nobody checked");
+}
+
+/// A JWKS served over HTTPS with a certificate from a private CA; returns
+/// its URL and the CA certificate's PEM.
+async fn private_https_jwks(document: Value) -> (String, String) {
+    use hyper_util::rt::TokioIo;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let tls = rustls::ServerConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(leaf.der().to_vec())], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}/jwks", listener.local_addr().unwrap().port());
+    let body = bytes::Bytes::from(document.to_string());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let service = hyper::service::service_fn(move |_| {
+                    let body = body.clone();
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(body))) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (url, ca.pem())
+}
+
+#[tokio::test]
+async fn a_private_ca_is_trusted_for_key_fetches_when_named() {
+    let key = SigningKey::generate("k1");
+    let (url, ca) = private_https_jwks(json!({"keys": [key.jwk()]})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = write(dir.path(), "ca.pem", ca);
+    let provider = |extra: &str| {
+        format!(
+            "[[providers]]\nname = \"idp\"\nissuer = \"{ISSUER}\"\njwks_url = \"{url}\"\naudiences = [\"orders\"]\n{extra}\n"
+        )
+    };
+    let trusting = stack_with(&provider(&format!("ca_file = {ca_file:?}"))).await;
+    assert_eq!(trusting.get_with_token("/x", &key.sign(&claims(json!({})))).await.status, 200);
+    let distrusting = stack_with(&provider("")).await;
+    assert_eq!(distrusting.get_with_token("/x", &key.sign(&claims(json!({})))).await.status, 503);
+}
+
+#[tokio::test]
+async fn simplejwt_tokens_without_kid_or_sub_verify_with_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "django-insecure-0123456789abcdefghijklmnopqrstuvwxyz";
+    let secret_file = write(dir.path(), "secret", format!("{secret}\n"));
+    let providers = format!(
+        "[[providers]]\nname = \"django\"\nissuer = \"{ISSUER}\"\nsecret_file = {secret_file:?}\naudiences = [\"orders\"]\n"
+    );
+    let routes = "[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"{upstream}\"\ninject_headers = { \"x-user-id\" = \"user_id\" }\n";
+    let stack = Stack::with(Options { routes: routes.into(), ..Options::providers(&providers) }).await;
+    let django = SigningKey::from_secret(Algorithm::HS256, secret.as_bytes());
+    let claims = json!({
+        "token_type": "access", "exp": now() + 300, "iat": now(), "jti": "9f2c", "user_id": 7,
+        "iss": ISSUER, "aud": AUDIENCE,
+    });
+    let reply = stack.get_with_token("/", &django.sign(&claims)).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.upstream_header("x-user-id"), Some(json!("7")));
+    let wrong = SigningKey::from_secret(Algorithm::HS256, &secret.as_bytes()[1..]);
+    assert_eq!(stack.get_with_token("/", &wrong.sign(&claims)).await.status, 401);
+}

@@ -333,3 +333,59 @@ async fn an_unknown_kid_is_not_fetched_for_again_soon() {
     assert_eq!(stack.get_with_token("/orders", &another).await.status, 401);
     assert_eq!(stack.idp.fetches(), after_first + 1, "another kid may still ask");
 }
+
+#[tokio::test]
+async fn discovery_runs_again_when_the_jwks_keeps_failing() {
+    let first = Arc::new(SigningKey::generate("k1"));
+    let idp = IdentityProvider::start_with_url_issuer(AUDIENCE, first.clone()).await.unwrap();
+    let providers = "[[providers]]\nname = \"oidc\"\nissuer = \"{issuer}\"\ndiscovery = true\naudiences = [\"orders\"]\nrefresh_interval = \"100ms\"\n";
+    let stack = Stack::with_idp(Options::providers(providers), idp, first.clone()).await;
+    let claims = json!({"iss": stack.idp.issuer(), "aud": AUDIENCE, "exp": portcullis::dev::now() + 600});
+    assert_eq!(stack.get_with_token("/orders", &first.sign(&claims)).await.status, 200);
+
+    // the keys move to another server, and the old JWKS URL starts failing
+    let moved = Arc::new(SigningKey::generate("k2"));
+    let elsewhere = IdentityProvider::start(ISSUER, AUDIENCE, moved.clone()).await.unwrap();
+    stack.idp.advertise_jwks_uri(&elsewhere.jwks_url());
+    stack.idp.respond_with(StatusCode::INTERNAL_SERVER_ERROR);
+    let rediscovered = eventually(Duration::from_secs(10), || async {
+        stack.get_with_token("/orders", &moved.sign(&claims)).await.status == 200
+    });
+    assert!(rediscovered.await, "the new jwks_uri was never fetched");
+    assert!(stack.idp.fetches() >= 4, "three failures come first");
+}
+
+#[tokio::test]
+async fn keys_are_fetched_again_before_they_expire() {
+    // fresh for 1 s and not a moment longer: a refresh at expiry, or after,
+    // would leave requests without keys
+    let key = Arc::new(SigningKey::generate("k1"));
+    let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone()).await.unwrap();
+    idp.add_header("cache-control", "max-age=1");
+    let options = Options::provider("min_refresh = \"1s\"\nmax_stale = \"0s\"");
+    let stack = Stack::with_idp(options, idp, key).await;
+    let token = stack.token(json!({}));
+    let deadline = Instant::now() + Duration::from_millis(3500);
+    let mut refused = 0;
+    while Instant::now() < deadline {
+        if stack.get_with_token("/orders", &token).await.status != 200 {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 0, "requests found the keys expired");
+    assert!(stack.idp.fetches() >= 4, "{} fetches in 3.5 s", stack.idp.fetches());
+}
+
+#[tokio::test]
+async fn failed_fetches_are_retried_with_growing_delays() {
+    let key = Arc::new(SigningKey::generate("k1"));
+    let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone()).await.unwrap();
+    idp.respond_with(StatusCode::SERVICE_UNAVAILABLE);
+    let stack = Stack::with_idp(refreshing_every("10s"), idp, key).await;
+    // retries after about 1 s, 2 s, 4 s (each in its upper half, at random):
+    // three fetches by 3.2 s, where retrying every refresh_interval would
+    // make one and retrying at once dozens
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let fetches = stack.idp.fetches();
+    assert!((2..=4).contains(&fetches), "{fetches} fetches in 3.2 s");
+}

@@ -47,12 +47,14 @@ async fn a_request_without_a_token_gets_a_bearer_challenge() {
     let reply = stack.get("/orders", &[]).await;
     assert_eq!(reply.status, 401);
     assert_eq!(reply.header("www-authenticate"), "Bearer realm=\"portcullis\"");
-    assert_eq!(reply.json()["error"], "unauthorized");
+    assert_eq!(reply.header("content-type"), "application/problem+json");
+    assert_eq!(reply.json()["status"], 401);
+    assert_eq!(reply.json().get("error"), None, "RFC 6750: no error code without credentials");
     for other in ["Basic YWxpY2U6c2VjcmV0", "Token abc", "Bearerabc"] {
         let reply = stack.get("/orders", &[("authorization", other)]).await;
         assert_eq!(reply.status, 401, "{other}");
         assert_eq!(reply.header("www-authenticate"), "Bearer realm=\"portcullis\"");
-        assert_eq!(reply.json()["error"], "invalid_request");
+        assert_eq!(reply.json()["detail"], "only Bearer tokens are accepted");
     }
     assert_eq!(stack.echo.requests(), 0);
 }
