@@ -4,12 +4,13 @@
 //! `error` and `error_description`. Never a token, key or internal error.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::auth::AuthError;
 use crate::path::PathError;
+use crate::request::ALLOWED_METHODS;
 use crate::upstream::UpstreamError;
 
 const REALM: &str = "portcullis";
@@ -20,6 +21,10 @@ pub(crate) enum Rejection {
     NoRoute,
     #[error("bad request: {0}")]
     BadRequest(PathError),
+    #[error("CONNECT and TRACE are not proxied")]
+    MethodNotAllowed,
+    #[error("the request target is too long")]
+    UriTooLong,
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -32,6 +37,8 @@ impl Rejection {
         match self {
             Rejection::NoRoute => "no_route",
             Rejection::BadRequest(_) => "bad_request",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::UriTooLong => "uri_too_long",
             Rejection::Auth(AuthError::Missing) => "missing_token",
             Rejection::Auth(AuthError::Ambiguous) => "ambiguous_credentials",
             Rejection::Auth(AuthError::UnsupportedScheme) => "unsupported_scheme",
@@ -41,6 +48,9 @@ impl Rejection {
             Rejection::Auth(AuthError::Insufficient { .. }) => "insufficient_claims",
             Rejection::Upstream(UpstreamError::Unreachable(_)) => "upstream_unreachable",
             Rejection::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
+            Rejection::Upstream(UpstreamError::BodyTooLarge(_)) => "body_too_large",
+            Rejection::Upstream(UpstreamError::BodyStalled(_)) => "body_stalled",
+            Rejection::Upstream(UpstreamError::BodyAborted) => "body_aborted",
         }
     }
 
@@ -49,9 +59,13 @@ impl Rejection {
     fn status(&self) -> (StatusCode, Option<&'static str>) {
         let (status, code) = match self {
             Rejection::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
-            Rejection::BadRequest(_) | Rejection::Auth(AuthError::Ambiguous) => {
-                (StatusCode::BAD_REQUEST, "invalid_request")
-            }
+            Rejection::BadRequest(_)
+            | Rejection::Auth(AuthError::Ambiguous)
+            | Rejection::Upstream(UpstreamError::BodyAborted) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Rejection::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Rejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            Rejection::Upstream(UpstreamError::BodyTooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Rejection::Upstream(UpstreamError::BodyStalled(_)) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Rejection::Auth(AuthError::Missing | AuthError::UnsupportedScheme) => {
                 return (StatusCode::UNAUTHORIZED, None);
             }
@@ -103,6 +117,12 @@ impl Rejection {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
@@ -158,20 +160,106 @@ pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the peer), `-Proto` and `-Host`, and
-/// drops a client's `Forwarded`, which would contradict them.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
-    let prior: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|value| value.to_str().ok()).collect();
-    let chain = if prior.is_empty() { peer.to_string() } else { format!("{}, {peer}", prior.join(", ")) };
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Headers some frameworks read as the path to serve: never from a client.
+const PATH_OVERRIDES: [HeaderName; 2] =
+    [HeaderName::from_static("x-original-url"), HeaderName::from_static("x-rewrite-url")];
+
+/// Who the client is, as the upstream will be told.
+pub(crate) struct Forwarding<'a> {
+    pub(crate) peer: IpAddr,
+    pub(crate) proto: &'static str,
+    /// The validated, normalised authority.
+    pub(crate) authority: Option<&'a str>,
+    pub(crate) trusted_proxies: &'a [IpNet],
+}
+
+/// Rebuilds `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` from the
+/// connection. A client's own are dropped, unless the peer is a trusted
+/// proxy: then its `X-Forwarded-*` stand and the peer is appended to the
+/// `X-Forwarded-For` chain. `Forwarded` and path overrides never pass.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
+    let Forwarding { peer, proto, authority, trusted_proxies } = forwarding;
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    let from_proxy = trusted(peer);
     headers.remove(header::FORWARDED);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
-        None => headers.remove(X_FORWARDED_HOST),
+    headers.remove(X_REAL_IP);
+    for name in &PATH_OVERRIDES {
+        headers.remove(name);
+    }
+    let mut chain: Vec<String> = Vec::new();
+    if from_proxy {
+        chain = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|entry| entry.trim().to_owned())
+            .filter(|entry| !entry.is_empty())
+            .collect();
+    } else {
+        let spoofed: Vec<HeaderName> =
+            headers.keys().filter(|name| name.as_str().starts_with("x-forwarded-")).cloned().collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
+    }
+    chain.push(peer.to_string());
+    // the client is the nearest hop that is not one of our proxies
+    let client = chain
+        .iter()
+        .rev()
+        .find(|entry| entry.parse::<IpAddr>().map_or(true, |ip| !trusted(&ip)))
+        .or(chain.first())
+        .cloned()
+        .unwrap_or_default();
+    let mut set = |name: HeaderName, value: &str, keep_existing: bool| {
+        if keep_existing && headers.contains_key(&name) {
+            return;
+        }
+        match HeaderValue::from_str(value) {
+            Ok(value) => drop(headers.insert(name, value)),
+            Err(_) => drop(headers.remove(name)),
+        }
     };
+    set(X_FORWARDED_FOR, &chain.join(", "), false);
+    set(X_REAL_IP, &client, false);
+    set(X_FORWARDED_PROTO, proto, from_proxy);
+    match authority {
+        Some(authority) => set(X_FORWARDED_HOST, authority, from_proxy),
+        None if !from_proxy => drop(headers.remove(X_FORWARDED_HOST)),
+        None => {}
+    }
+}
+
+/// Removes the configured extra headers.
+pub(crate) fn strip(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.1): the one upgrade passed on.
+pub(crate) fn is_websocket_upgrade<B>(request: &http::Request<B>) -> bool {
+    let headers = request.headers();
+    let has_token = |name, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|part| part.trim().eq_ignore_ascii_case(token))
+    };
+    request.method() == http::Method::GET
+        && request.version() == http::Version::HTTP_11
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+}
+
+/// Puts back the two hop-by-hop headers a WebSocket upgrade needs.
+pub(crate) fn restore_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 #[cfg(test)]
@@ -241,15 +329,49 @@ mod tests {
         assert_eq!(headers["cookie"], "a=1; b=2; c=3");
     }
 
+    fn forward(headers: &mut HeaderMap, peer: &str, trusted: &[&str]) {
+        let trusted: Vec<IpNet> = trusted.iter().map(|n| n.parse().unwrap()).collect();
+        let forwarding = Forwarding {
+            peer: peer.parse().unwrap(),
+            proto: "https",
+            authority: Some("api.example.com"),
+            trusted_proxies: &trusted,
+        };
+        set_forwarded(headers, &forwarding);
+    }
+
     #[test]
-    fn appends_the_peer_to_x_forwarded_for() {
-        let mut headers =
-            map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2"), ("forwarded", "for=1.2.3.4")]);
-        let host = HeaderValue::from_static("api.example.com");
-        set_forwarded(&mut headers, "192.0.2.7".parse().unwrap(), "https", Some(&host));
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+    fn forwarding_headers_from_clients_are_rebuilt() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-real-ip", "10.0.0.1"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-original-url", "/admin"),
+        ]);
+        forward(&mut headers, "192.0.2.7", &[]);
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(headers["x-real-ip"], "192.0.2.7");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "api.example.com");
-        assert!(headers.get("forwarded").is_none());
+        for gone in ["x-forwarded-prefix", "forwarded", "x-original-url"] {
+            assert!(headers.get(gone).is_none(), "{gone}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_appended_to() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
+            ("x-forwarded-for", "10.0.0.3"),
+            ("x-forwarded-proto", "http"),
+            ("x-original-url", "/admin"),
+        ]);
+        forward(&mut headers, "10.0.0.4", &["10.0.0.0/8"]);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 10.0.0.2, 10.0.0.3, 10.0.0.4");
+        assert_eq!(headers["x-real-ip"], "203.0.113.9", "the nearest untrusted hop");
+        assert_eq!(headers["x-forwarded-proto"], "http", "the proxy's word stands");
+        assert!(headers.get("x-original-url").is_none());
     }
 }

@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod body;
 pub mod config;
+mod connection;
 mod control;
 pub mod dev;
 mod error;
@@ -22,6 +24,7 @@ mod keys;
 mod path;
 mod proxy;
 mod refetch;
+mod request;
 mod route;
 mod server;
 mod state;

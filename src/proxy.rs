@@ -1,6 +1,7 @@
 //! The per-request pipeline, as a list of steps:
-//! match route -> sanitize headers -> authenticate -> authorize -> inject
-//! identity -> forward (streamed) -> clean the response.
+//! admit (method, target, authority, canonical path) -> match route ->
+//! sanitize headers -> authenticate -> authorize -> inject identity ->
+//! forward (streamed) -> clean the response.
 //!
 //! `handle` is the one outer handler: it loads the live snapshot once, runs
 //! the steps, turns any refusal into its response and logs one line.
@@ -12,15 +13,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
-use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 use crate::auth::{self, AuthError, Identity};
+use crate::body::RequestBody;
 use crate::config::{AuthMode, RouteConfig, TokenSource};
 use crate::error::Rejection;
-use crate::headers;
+use crate::headers::{self, Forwarding};
 use crate::path;
+use crate::request;
 use crate::state::{SharedState, Snapshot};
 use crate::token::Reason;
 use crate::upstream::{self, UpstreamClient};
@@ -46,10 +50,10 @@ impl Proxy {
         let snapshot = self.state.load_full();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let matched = match_route(&snapshot, &request);
-        let route_name = matched.as_ref().ok().map(|m| m.route.name.clone());
-        let outcome = match matched {
-            Ok(matched) => self.pass(&snapshot, matched, request, connection).await,
+        let admitted = admit(&snapshot, &request, connection.tls);
+        let route_name = admitted.as_ref().ok().map(|a| a.route.name.clone());
+        let outcome = match admitted {
+            Ok(admitted) => self.pass(&snapshot, admitted, request, connection).await,
             Err(rejection) => Err(rejection),
         };
         let (response, denial) = match outcome {
@@ -78,12 +82,18 @@ impl Proxy {
     async fn pass(
         &self,
         snapshot: &Snapshot,
-        matched: Matched<'_>,
+        admitted: Admitted<'_>,
         mut request: Request<Incoming>,
         connection: Connection,
     ) -> Result<Response<Incoming>, Rejection> {
-        let route = matched.route;
-        headers::sanitize_request(request.headers_mut(), &snapshot.config.identity_headers);
+        let route = admitted.route;
+        let server = &snapshot.config.server;
+        let websocket = route.websocket && headers::is_websocket_upgrade(&request);
+        refuse_oversized_body(&request, route)?;
+        let headers = request.headers_mut();
+        headers::sanitize_request(headers, &snapshot.config.identity_headers);
+        headers::strip(headers, &server.strip_headers);
+        headers::strip(headers, &route.strip_headers);
         let identity = auth::authenticate(route, request.headers(), snapshot, &self.state).await?;
         auth::authorize(route, identity.as_ref())?;
         if let Some(identity) = &identity {
@@ -92,57 +102,65 @@ impl Proxy {
         if route.auth != AuthMode::Public {
             drop_credentials(request.headers_mut(), route, identity.as_ref());
         }
-        let proto = if connection.tls { "https" } else { "http" };
-        headers::set_forwarded(request.headers_mut(), connection.peer.ip(), proto, matched.authority.as_ref());
-        let request = to_upstream(request, &matched)?;
+        let forwarding = Forwarding {
+            peer: connection.peer.ip(),
+            proto: if connection.tls { "https" } else { "http" },
+            authority: admitted.authority.as_deref(),
+            trusted_proxies: &server.trusted_proxies,
+        };
+        headers::set_forwarded(request.headers_mut(), &forwarding);
+        if websocket {
+            headers::restore_websocket_upgrade(request.headers_mut());
+        }
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+        let request = to_upstream(request, &admitted, server.limits.body_timeout)?;
         let mut response = self.upstream.forward(request, route.upstream_timeout).await?;
         headers::clean_response(response.headers_mut());
+        if let Some(client_upgrade) = client_upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            headers::restore_websocket_upgrade(response.headers_mut());
+            tokio::spawn(splice(client_upgrade, hyper::upgrade::on(&mut response)));
+        }
         Ok(response)
     }
 }
 
 /// Where a request goes, and what it was addressed to.
-struct Matched<'a> {
+struct Admitted<'a> {
     route: &'a RouteConfig,
-    authority: Option<HeaderValue>,
+    /// The validated, normalised authority.
+    authority: Option<String>,
     /// The canonical path, when it differs from the request's.
     canonical_path: Option<String>,
 }
 
-/// The route for a request, matched on its canonical path and host.
-fn match_route<'a>(snapshot: &'a Snapshot, request: &Request<Incoming>) -> Result<Matched<'a>, Rejection> {
-    let authority = authority(request)?;
+/// The checks a request passes before anything else, then its route.
+fn admit<'a>(snapshot: &'a Snapshot, request: &Request<Incoming>, tls: bool) -> Result<Admitted<'a>, Rejection> {
+    let limits = &snapshot.config.server.limits;
+    request::check_method(request.method())?;
+    request::check_target_size(request, limits.max_uri_size)?;
+    let authority = request::authority(request, tls)?;
     let path = path::canonicalize(request.uri().path()).map_err(Rejection::BadRequest)?;
-    let host = authority.as_ref().and_then(host_name);
-    let route = snapshot.config.routes.find(host.as_deref(), &path, request.method()).ok_or(Rejection::NoRoute)?;
+    let host = authority.as_deref().map(request::host_of);
+    let route = snapshot.config.routes.find(host, &path, request.method()).ok_or(Rejection::NoRoute)?;
     let canonical_path = match path {
         Cow::Owned(path) => Some(path),
         Cow::Borrowed(_) => None,
     };
-    Ok(Matched { route, authority, canonical_path })
+    Ok(Admitted { route, authority, canonical_path })
 }
 
-/// The request's authority: the HTTP/2 `:authority` or absolute-form
-/// target, else the one `Host` header.
-fn authority(request: &Request<Incoming>) -> Result<Option<HeaderValue>, Rejection> {
-    if let Some(authority) = request.uri().authority() {
-        return HeaderValue::from_str(authority.as_str())
-            .map(Some)
-            .map_err(|_| Rejection::BadRequest("invalid authority"));
+/// A declared body over the route's `max_body` is refused before anything
+/// is sent upstream; a streamed one is cut off where it crosses it.
+fn refuse_oversized_body(request: &Request<Incoming>, route: &RouteConfig) -> Result<(), Rejection> {
+    let declared = hyper::body::Body::size_hint(request.body()).exact();
+    match (route.max_body, declared) {
+        (Some(limit), Some(length)) if length > limit => {
+            Err(Rejection::Upstream(upstream::UpstreamError::BodyTooLarge(limit)))
+        }
+        _ => Ok(()),
     }
-    let mut hosts = request.headers().get_all(HOST).iter();
-    let host = hosts.next().cloned();
-    if hosts.next().is_some() {
-        return Err(Rejection::BadRequest("more than one Host header"));
-    }
-    Ok(host)
-}
-
-/// The host part of an authority for matching: lowercase, without port or
-/// the trailing dot of a fully qualified name.
-fn host_name(authority: &HeaderValue) -> Option<String> {
-    let authority: http::uri::Authority = authority.to_str().ok()?.parse().ok()?;
-    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// Sets the route's identity headers from verified claims.
@@ -176,23 +194,40 @@ fn drop_credentials(headers: &mut HeaderMap, route: &RouteConfig, identity: Opti
 }
 
 /// Points the request at the route's upstream with the canonical path (the
-/// one that was matched) and the query as sent.
-fn to_upstream(mut request: Request<Incoming>, matched: &Matched<'_>) -> Result<Request<Incoming>, Rejection> {
-    let route = matched.route;
-    let uri = request.uri();
-    let path = matched.canonical_path.as_deref().unwrap_or(uri.path());
-    *request.uri_mut() =
-        upstream::target(&route.upstream, path, uri.query()).ok_or(Rejection::BadRequest("invalid request target"))?;
+/// one that was matched) and the query as sent, its body guarded.
+fn to_upstream(
+    request: Request<Incoming>,
+    admitted: &Admitted<'_>,
+    body_timeout: std::time::Duration,
+) -> Result<Request<RequestBody>, Rejection> {
+    let route = admitted.route;
+    let (mut parts, body) = request.into_parts();
+    let path = admitted.canonical_path.as_deref().unwrap_or(parts.uri.path());
+    parts.uri = upstream::target(&route.upstream, path, parts.uri.query())
+        .ok_or(Rejection::BadRequest("invalid request target"))?;
     // the pool picks HTTP/1.1 or HTTP/2 per upstream, whatever the client spoke
-    *request.version_mut() = Version::HTTP_11;
-    let headers = request.headers_mut();
-    headers::join_cookies(headers);
-    match (&matched.authority, route.preserve_host) {
-        (Some(host), true) => headers.insert(HOST, host.clone()),
+    parts.version = Version::HTTP_11;
+    headers::join_cookies(&mut parts.headers);
+    let host = admitted.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok());
+    match (host, route.preserve_host) {
+        (Some(host), true) => parts.headers.insert(HOST, host),
         // the client sets Host from the upstream URI
-        _ => headers.remove(HOST),
+        _ => parts.headers.remove(HOST),
     };
-    Ok(request)
+    Ok(Request::from_parts(parts, RequestBody::new(body, route.max_body, body_timeout)))
+}
+
+/// Joins the client's and the upstream's upgraded connections (a WebSocket)
+/// and copies bytes both ways until either side closes.
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => return tracing::debug!(%error, "upgrade failed"),
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended");
+    }
 }
 
 /// Shared with the server: one proxy per gateway.

@@ -7,7 +7,7 @@
 
 use http::Method;
 
-use crate::config::RouteConfig;
+use crate::config::{PathMatch, RouteConfig};
 
 pub(crate) struct RouteTable {
     routes: Vec<RouteConfig>,
@@ -23,7 +23,10 @@ impl RouteTable {
     pub(crate) fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&RouteConfig> {
         self.routes.iter().find(|route| {
             route.host.as_deref().is_none_or(|wanted| Some(wanted) == host)
-                && path_has_prefix(path, &route.path)
+                && match route.path_match {
+                    PathMatch::Prefix => path_has_prefix(path, &route.path),
+                    PathMatch::Exact => path == route.path,
+                }
                 && route.methods.as_ref().is_none_or(|methods| methods.contains(method))
         })
     }
@@ -80,6 +83,11 @@ mod tests {
             host = "API.example.com"
             upstream = "http://c"
             [[routes]]
+            name = "orders-exact"
+            path = "/orders"
+            path_match = "exact"
+            upstream = "http://e"
+            [[routes]]
             name = "orders-write"
             path = "/orders/new"
             methods = ["post"]
@@ -88,6 +96,7 @@ mod tests {
         );
         assert_eq!(name(&t, None, "/x", Method::GET), Some("root"));
         assert_eq!(name(&t, None, "/orders/1", Method::GET), Some("orders"));
+        assert_eq!(name(&t, None, "/orders", Method::GET), Some("orders-exact"), "exact before prefix");
         assert_eq!(name(&t, Some("api.example.com"), "/orders/1", Method::GET), Some("orders-on-api"));
         assert_eq!(name(&t, None, "/orders/new", Method::POST), Some("orders-write"));
         assert_eq!(name(&t, None, "/orders/new", Method::GET), Some("orders"));

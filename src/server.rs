@@ -1,9 +1,10 @@
 //! The listener: accept loop, TLS handshake, HTTP/1.1 and HTTP/2 (by ALPN,
-//! or by preface on plaintext), and graceful shutdown.
+//! or by preface on plaintext), limits, and graceful shutdown.
 //!
 //! Each connection runs in its own task, handshake included, so a slow
-//! client never holds up the accept loop or anyone else. hyper's timer is
-//! set, so header-read timeouts actually fire.
+//! client never holds up the accept loop or anyone else. Beyond
+//! `max_connections`, new connections are closed at once rather than let
+//! memory grow. hyper's timer is set, so its timeouts actually fire.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,24 +12,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Limits};
+use crate::connection::{Activity, Timed, Tracked};
 use crate::control::Control;
 use crate::proxy::{Connection, Proxy, SharedProxy};
 use crate::tls;
 use crate::upstream::UpstreamClient;
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONCURRENT_STREAMS: u32 = 100;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Reset streams an HTTP/2 client may cause before it is cut off.
+const MAX_PENDING_RESETS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -41,11 +45,18 @@ pub enum StartError {
 /// A gateway bound to its address, with its key refresh loops running.
 pub struct Gateway {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    proxy: SharedProxy,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
     /// Stops the key refresh loops when the gateway is dropped.
     _background: DropGuard,
+}
+
+/// What every connection task needs.
+struct Shared {
+    tls: Option<TlsAcceptor>,
+    proxy: SharedProxy,
+    http: auto::Builder<TokioExecutor>,
+    limits: Limits,
 }
 
 impl Gateway {
@@ -56,8 +67,19 @@ impl Gateway {
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
         let background = CancellationToken::new();
         let (_control, state) = Control::start(config, background.clone())?;
-        let proxy = Arc::new(Proxy { state, upstream: UpstreamClient::new() });
-        Ok(Gateway { listener, tls, proxy, http: Arc::new(http_builder()), _background: background.drop_guard() })
+        let limits = config.server.limits.clone();
+        let shared = Shared {
+            tls,
+            proxy: Arc::new(Proxy { state, upstream: UpstreamClient::new() }),
+            http: http_builder(&limits),
+            limits,
+        };
+        Ok(Gateway {
+            listener,
+            connections: Arc::new(Semaphore::new(shared.limits.max_connections)),
+            shared: Arc::new(shared),
+            _background: background.drop_guard(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -67,16 +89,19 @@ impl Gateway {
     /// Serves until `shutdown` completes, then stops accepting and lets
     /// in-flight requests finish (up to 30 s).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let graceful = GracefulShutdown::new();
+        let tasks = TaskTracker::new();
+        let closing = CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let connection = Connection { peer, tls: self.tls.is_some() };
-                        tokio::spawn(serve_connection(
-                            stream, connection, self.tls.clone(), self.proxy.clone(), self.http.clone(), graceful.watcher(),
-                        ));
+                        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, "max_connections reached: connection closed");
+                            continue;
+                        };
+                        let connection = Connection { peer, tls: self.shared.tls.is_some() };
+                        tasks.spawn(serve_connection(stream, connection, self.shared.clone(), closing.clone(), permit));
                     }
                     Err(error) => {
                         // out of file descriptors, usually: back off instead of spinning
@@ -88,44 +113,96 @@ impl Gateway {
             }
         }
         drop(self.listener);
-        tracing::info!(connections = graceful.count(), "shutting down: draining connections");
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::info!(connections = tasks.len(), "shutting down: draining connections");
+        closing.cancel();
+        tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
         }
     }
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper's clock runs while waiting for any head, idle time included;
+        // `Timed` keeps the tighter clock for a head that has begun
+        .header_read_timeout(limits.idle_timeout.max(limits.header_read_timeout))
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_size);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_size as u32)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_PENDING_RESETS);
     builder
 }
 
 async fn serve_connection(
     stream: TcpStream,
     connection: Connection,
-    tls: Option<TlsAcceptor>,
-    proxy: SharedProxy,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    shared: Arc<Shared>,
+    closing: CancellationToken,
+    _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = &shared.tls else {
+        return serve_http(stream, false, connection, &shared, closing).await;
+    };
+    match tokio::time::timeout(shared.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(stream, http2, connection, &shared, closing).await
+        }
+        Ok(Err(error)) => tracing::debug!(peer = %connection.peer, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %connection.peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves HTTP on an established connection until it ends, goes idle for
+/// `idle_timeout`, or the gateway shuts down (then in-flight requests finish).
+async fn serve_http<IO>(io: IO, http2: bool, connection: Connection, shared: &Shared, closing: CancellationToken)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new(http2);
+    let limits = &shared.limits;
+    let io = TokioIo::new(Timed::new(io, activity.clone(), limits.header_read_timeout));
+    let proxy = shared.proxy.clone();
+    let requests = activity.clone();
     let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
+        let (proxy, in_flight) = (proxy.clone(), requests.request());
+        let activity = requests.clone();
+        async move {
+            let response = proxy.handle(request, connection).await;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                activity.upgraded();
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+        }
     });
-    let result = match tls {
-        None => watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
-        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
-            Ok(Err(error)) => {
-                return tracing::debug!(peer = %connection.peer, %error, "TLS handshake failed");
+    let served = shared.http.serve_connection_with_upgrades(io, service);
+    tokio::pin!(served);
+    let mut idle_check = tokio::time::interval(limits.idle_timeout / 4);
+    let mut closing_down = false;
+    let result = loop {
+        tokio::select! {
+            result = served.as_mut() => break result,
+            () = closing.cancelled(), if !closing_down => {
+                closing_down = true;
+                served.as_mut().graceful_shutdown();
             }
-            Err(_) => {
-                return tracing::debug!(peer = %connection.peer, "TLS handshake timed out");
+            _ = idle_check.tick(), if !closing_down => {
+                if activity.idle_for(limits.idle_timeout) {
+                    closing_down = true;
+                    served.as_mut().graceful_shutdown();
+                }
             }
-        },
+        }
     };
     if let Err(error) = result {
         tracing::debug!(peer = %connection.peer, %error, "connection ended with an error");

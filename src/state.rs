@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ProviderConfig};
+use crate::config::{Config, ProviderConfig, ServerConfig};
 use crate::headers::IdentityHeaders;
 use crate::keys::KeySet;
 use crate::refetch::Refetch;
@@ -26,6 +26,7 @@ pub(crate) struct Snapshot {
 /// Everything derived from a `Config` that the request path needs, built
 /// once per config so no request compiles anything.
 pub(crate) struct Compiled {
+    pub(crate) server: ServerConfig,
     pub(crate) routes: RouteTable,
     pub(crate) identity_headers: IdentityHeaders,
     pub(crate) providers: Vec<Provider>,
@@ -55,6 +56,7 @@ impl Provider {
 impl Compiled {
     pub(crate) fn new(config: &Config) -> Compiled {
         Compiled {
+            server: config.server.clone(),
             routes: RouteTable::new(config.routes.clone()),
             identity_headers: IdentityHeaders::new(
                 config.routes.iter().flat_map(|r| r.inject_headers.iter().map(|(name, _)| name)),

@@ -2,7 +2,7 @@
 //!
 //! One client for the whole process, so connections are reused across
 //! requests and routes. Bodies are streamed through in both directions:
-//! the request body is the client's `Incoming` as it arrives.
+//! the request body is the client's, streamed through `RequestBody`.
 
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::body::{BodyError, RequestBody};
 use crate::config::Upstream;
 use crate::error;
 
@@ -26,10 +27,35 @@ pub(crate) enum UpstreamError {
     Unreachable(String),
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("the request body sent nothing for {0:?}")]
+    BodyStalled(Duration),
+    #[error("the client aborted the request body")]
+    BodyAborted,
+}
+
+impl UpstreamError {
+    /// Tells the client's own faults (found while streaming its body) from
+    /// the upstream's.
+    fn from_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamError {
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            if let Some(body) = cause.downcast_ref::<BodyError>() {
+                return match body {
+                    BodyError::TooLarge(limit) => UpstreamError::BodyTooLarge(*limit),
+                    BodyError::Stalled(after) => UpstreamError::BodyStalled(*after),
+                    BodyError::Client(_) => UpstreamError::BodyAborted,
+                };
+            }
+            source = cause.source();
+        }
+        UpstreamError::Unreachable(error::chain(error))
+    }
 }
 
 pub(crate) struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
 }
 
 impl UpstreamClient {
@@ -55,12 +81,12 @@ impl UpstreamClient {
     /// Sends `request` and waits for the response head at most `timeout`.
     pub(crate) async fn forward(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(UpstreamError::Unreachable(error::chain(&error))),
+            Ok(Err(error)) => Err(UpstreamError::from_client_error(&error)),
             Err(_) => Err(UpstreamError::Timeout(timeout)),
         }
     }

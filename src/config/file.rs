@@ -28,6 +28,22 @@ pub(crate) struct ServerFile {
     pub(crate) listen: Option<String>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
+    pub(crate) strip_headers: Option<Vec<String>>,
+    // limits
+    pub(crate) max_header_size: Option<ByteSize>,
+    pub(crate) max_headers: Option<usize>,
+    pub(crate) max_uri_size: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) tls_handshake_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +102,10 @@ pub(crate) struct RouteFile {
     pub(crate) inject_headers: BTreeMap<String, String>,
     pub(crate) forward_token: Option<bool>,
     pub(crate) preserve_host: Option<bool>,
+    pub(crate) path_match: Option<PathMatch>,
+    pub(crate) websocket: Option<bool>,
+    pub(crate) max_body: Option<ByteSize>,
+    pub(crate) strip_headers: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) upstream_timeout: Option<Duration>,
 }
@@ -110,6 +130,16 @@ impl AuthMode {
             AuthMode::Public => "public",
         }
     }
+}
+
+/// How a route's `path` matches a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathMatch {
+    /// The path itself or anything below it, by whole segments.
+    Prefix,
+    /// The path itself only.
+    Exact,
 }
 
 /// `roles = "admin"` and `roles = ["admin"]` mean the same.

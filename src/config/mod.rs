@@ -7,6 +7,7 @@
 mod file;
 mod locate;
 mod provider;
+mod server;
 mod validate;
 
 use std::fmt;
@@ -17,10 +18,11 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, Method};
+use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
-pub use file::AuthMode;
 pub(crate) use file::ConfigFile;
+pub use file::{AuthMode, PathMatch};
 use locate::KeyLines;
 
 /// A validated configuration.
@@ -41,6 +43,32 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `None` serves plaintext HTTP (behind a mesh that terminates TLS).
     pub tls: Option<TlsFiles>,
+    /// Peers whose `X-Forwarded-*` are believed (and appended to).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Removed from every request.
+    pub strip_headers: Vec<HeaderName>,
+    pub limits: Limits,
+}
+
+/// What one client may take of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole request head (431 beyond).
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// The request target (414 beyond).
+    pub max_uri_size: usize,
+    /// From the first byte of a request head to its last.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight.
+    pub idle_timeout: Duration,
+    /// A request body that sends nothing for this long is aborted.
+    pub body_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// New connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +169,12 @@ pub struct RouteConfig {
     pub forward_token: bool,
     /// Send the client's `Host` upstream (else the upstream's own).
     pub preserve_host: bool,
+    pub path_match: PathMatch,
+    /// WebSocket upgrades are passed through.
+    pub websocket: bool,
+    /// Request bodies larger than this are refused (413); `None`: no limit.
+    pub max_body: Option<u64>,
+    pub strip_headers: Vec<HeaderName>,
     pub upstream_timeout: Duration,
 }
 

@@ -1,19 +1,18 @@
 //! `ConfigFile` -> `Config`: every rule a config must satisfy, each failure
 //! naming the key it is about. Defaults are applied here, in one place.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, Method, Uri};
 
-use super::file::{ConfigFile, RouteFile, ServerFile};
+use super::file::{ConfigFile, RouteFile};
 use super::*;
 use crate::headers;
 use std::sync::Arc;
 
 pub(super) fn config(file: ConfigFile, origin: &str, lines: Arc<KeyLines>) -> Result<Config, Invalid> {
-    let server = server(file.server)?;
+    let server = super::server::server(file.server)?;
     let providers: Vec<ProviderConfig> = file
         .providers
         .into_iter()
@@ -42,24 +41,6 @@ fn unique<'a>(table: &str, field: &str, values: impl Iterator<Item = &'a String>
         }
     }
     Ok(())
-}
-
-fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
-    let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen: SocketAddr = listen
-        .parse()
-        .map_err(|_| invalid("server.listen", format!("{listen:?} is not an address like \"0.0.0.0:8443\"")))?;
-    let tls = match (file.tls_cert, file.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(invalid("server.tls_key", "tls_cert is set, so tls_key is needed too"));
-        }
-        (None, Some(_)) => {
-            return Err(invalid("server.tls_cert", "tls_key is set, so tls_cert is needed too"));
-        }
-    };
-    Ok(ServerConfig { listen, tls })
 }
 
 fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<RouteConfig, Invalid> {
@@ -111,6 +92,13 @@ fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<Rout
         inject_headers,
         forward_token: file.forward_token.unwrap_or(false),
         preserve_host: file.preserve_host.unwrap_or(true),
+        path_match: file.path_match.unwrap_or(PathMatch::Prefix),
+        websocket: file.websocket.unwrap_or(false),
+        max_body: file.max_body.map(|size| size.as_u64()),
+        strip_headers: super::server::strip_headers(
+            &key("strip_headers"),
+            file.strip_headers.as_deref().unwrap_or_default(),
+        )?,
         upstream_timeout: positive(&key("upstream_timeout"), file.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT)?,
         name: file.name,
     })
@@ -281,7 +269,9 @@ fn check_reachable(routes: &[RouteConfig]) -> Result<(), Invalid> {
                 (Some(_), None) => false,
                 (Some(taken), Some(wanted)) => wanted.iter().all(|m| taken.contains(m)),
             };
-            if covered && earlier.host == later.host && earlier.path == later.path {
+            let same_place =
+                earlier.host == later.host && earlier.path == later.path && earlier.path_match == later.path_match;
+            if covered && same_place {
                 return Err(invalid(
                     format!("routes[{j}].path"),
                     format!(
@@ -295,8 +285,9 @@ fn check_reachable(routes: &[RouteConfig]) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Host-specific routes first, then longest path; file order breaks ties.
+/// Host-specific routes first, then longest path, then exact before prefix
+/// matches; file order breaks ties.
 fn in_match_order(mut routes: Vec<RouteConfig>) -> Vec<RouteConfig> {
-    routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.path.len())));
+    routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.path.len()), r.path_match == PathMatch::Prefix));
     routes
 }

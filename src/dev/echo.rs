@@ -1,6 +1,6 @@
 //! An upstream that answers with the request it received, as JSON: method,
 //! path and query, HTTP version, every header (a list where one was sent
-//! several times) and the number of body bytes. It reads the body frame by
+//! several times), the number of body bytes and any trailers. It reads the body frame by
 //! frame and counts it, never holding it whole.
 
 use std::net::SocketAddr;
@@ -55,8 +55,10 @@ impl Drop for EchoUpstream {
 async fn echo_request(request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, mut body) = request.into_parts();
     let mut body_bytes = 0usize;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         match frame {
+            Ok(frame) if frame.is_trailers() => trailers = frame.into_trailers().ok(),
             Ok(frame) => body_bytes += frame.data_ref().map_or(0, Bytes::len),
             Err(error) => {
                 return json_response(StatusCode::BAD_REQUEST, &json!({"error": error.to_string()}));
@@ -72,6 +74,7 @@ async fn echo_request(request: Request<Incoming>) -> Response<Full<Bytes>> {
             "version": format!("{:?}", parts.version),
             "headers": headers_json(&parts.headers),
             "body_bytes": body_bytes,
+            "trailers": trailers.as_ref().map(headers_json),
         }),
     )
 }

@@ -2,6 +2,7 @@
 //! all in-process on 127.0.0.1 ephemeral ports. One binary, linked once.
 
 mod cli;
+mod hardening;
 mod identity;
 mod key_sources;
 mod keys;

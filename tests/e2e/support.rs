@@ -68,6 +68,8 @@ pub struct Options {
     /// Replaces the whole providers part; `{jwks_url}` and `{issuer}` are
     /// the identity provider's.
     pub providers: Option<String>,
+    /// More keys for `[server]`.
+    pub server: String,
     pub tls: bool,
 }
 
@@ -79,6 +81,7 @@ impl Default for Options {
             refetch_cooldown: "10s",
             provider: String::new(),
             providers: None,
+            server: String::new(),
             tls: true,
         }
     }
@@ -149,7 +152,11 @@ impl Stack {
         let (cert, private) = portcullis::dev::write_self_signed_certificate(dir.path()).unwrap();
         let echo = EchoUpstream::start().await.unwrap();
         let tls = if options.tls { format!("tls_cert = {cert:?}\ntls_key = {private:?}\n") } else { String::new() };
-        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{tls}\n{}", options.text(&idp, &echo.url()));
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{tls}\n{}\n{}",
+            options.server,
+            options.text(&idp, &echo.url())
+        );
         let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
         let gateway = Gateway::bind(&config).await.unwrap_or_else(|e| panic!("{e}"));
         let addr = gateway.local_addr();
@@ -209,12 +216,28 @@ impl Stack {
     pub async fn raw(&self, head: &[&str]) -> String {
         let mut text = head.join("\r\n");
         text.push_str("\r\n\r\n");
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let mut tls = tls_connector(&self.cert).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-        tls.write_all(text.as_bytes()).await.unwrap();
+        self.raw_bytes(text.as_bytes()).await
+    }
+
+    /// Sends exactly `bytes` over TLS and returns all the gateway answers
+    /// until it closes the connection (or 5 s pass).
+    pub async fn raw_bytes(&self, bytes: &[u8]) -> String {
+        let mut tls = self.connect().await;
+        tls.write_all(bytes).await.unwrap();
         let mut response = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await;
         String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// A TLS connection to the gateway speaking HTTP/1.1, for raw tests.
+    pub async fn connect(&self) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        tls_connect(&self.cert, tcp).await.unwrap()
+    }
+
+    /// The `Host` header for raw requests.
+    pub fn host(&self) -> String {
+        format!("Host: localhost:{}", self.addr.port())
     }
 }
 
@@ -275,6 +298,14 @@ fn tls_config(root: &PathBuf) -> rustls::ClientConfig {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth()
+}
+
+/// A TLS handshake over `tcp`, offering HTTP/1.1.
+pub async fn tls_connect(
+    root: &PathBuf,
+    tcp: TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connector(root).connect(ServerName::try_from("localhost").unwrap(), tcp).await
 }
 
 /// A TLS connector for raw HTTP/1.1 bytes.

@@ -1,0 +1,88 @@
+//! `[server]` -> `ServerConfig`: where to listen, TLS, whom to believe about
+//! forwarding, and the limits that keep one client from starving others.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+use super::file::ServerFile;
+use super::validate::{DAY, within};
+use super::*;
+
+pub(super) fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
+    let listen = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| invalid("server.listen", format!("{listen:?} is not an address like \"0.0.0.0:8443\"")))?;
+    let tls = match (file.tls_cert.clone(), file.tls_key.clone()) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("server.tls_key", "tls_cert is set, so tls_key is needed too")),
+        (None, Some(_)) => return Err(invalid("server.tls_cert", "tls_key is set, so tls_cert is needed too")),
+    };
+    Ok(ServerConfig {
+        listen,
+        tls,
+        trusted_proxies: trusted_proxies(file.trusted_proxies.as_deref().unwrap_or_default())?,
+        strip_headers: strip_headers("server.strip_headers", file.strip_headers.as_deref().unwrap_or_default())?,
+        limits: limits(&file)?,
+    })
+}
+
+fn limits(file: &ServerFile) -> Result<Limits, Invalid> {
+    let seconds = |s| Duration::from_secs(s);
+    let timeout = |name: &str, value, default| within(&format!("server.{name}"), value, default, seconds(1), DAY);
+    let bytes = |name: &str, value: Option<bytesize::ByteSize>, default: u64, min: u64| {
+        let value = value.map_or(default, |v| v.as_u64());
+        if value < min || value > 1024 * 1024 {
+            return Err(invalid(format!("server.{name}"), format!("must be between {min} bytes and 1 MiB")));
+        }
+        Ok(value as usize)
+    };
+    let count = |name: &str, value: Option<usize>, default: usize| match value {
+        Some(0) => Err(invalid(format!("server.{name}"), "must be at least 1")),
+        value => Ok(value.unwrap_or(default)),
+    };
+    Ok(Limits {
+        // hyper's read buffer, which bounds the head, cannot be under 8 KiB
+        max_header_size: bytes("max_header_size", file.max_header_size, 16 * 1024, 8 * 1024)?,
+        max_headers: count("max_headers", file.max_headers, 100)?,
+        max_uri_size: bytes("max_uri_size", file.max_uri_size, 8 * 1024, 256)?,
+        header_read_timeout: timeout("header_read_timeout", file.header_read_timeout, seconds(10))?,
+        idle_timeout: timeout("idle_timeout", file.idle_timeout, seconds(60))?,
+        body_timeout: timeout("body_timeout", file.body_timeout, seconds(30))?,
+        tls_handshake_timeout: timeout("tls_handshake_timeout", file.tls_handshake_timeout, seconds(10))?,
+        max_connections: count("max_connections", file.max_connections, 10_000)?,
+        max_concurrent_streams: count("max_concurrent_streams", file.max_concurrent_streams.map(|n| n as usize), 100)?
+            as u32,
+    })
+}
+
+fn trusted_proxies(entries: &[String]) -> Result<Vec<IpNet>, Invalid> {
+    entries
+        .iter()
+        .map(|entry| {
+            IpNet::from_str(entry)
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| invalid("server.trusted_proxies", format!("{entry:?} is not an address or CIDR range")))
+        })
+        .collect()
+}
+
+/// Extra headers to remove from requests; never those the proxy needs.
+pub(super) fn strip_headers(key: &str, names: &[String]) -> Result<Vec<HeaderName>, Invalid> {
+    names
+        .iter()
+        .map(|name| {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
+            if [http::header::HOST, http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING].contains(&header) {
+                return Err(invalid(key, format!("{header} frames or routes the request and cannot be stripped")));
+            }
+            Ok(header)
+        })
+        .collect()
+}
