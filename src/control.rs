@@ -43,7 +43,7 @@ impl Control {
     /// Publishes the first snapshot (local keys loaded, remote ones from
     /// `cache_dir` where they are still usable) and starts the key loops.
     pub(crate) fn start(config: &Config, shutdown: CancellationToken) -> Result<(Control, SharedState), ConfigError> {
-        let compiled = Arc::new(Compiled::new(config));
+        let compiled = Arc::new(Compiled::new(config)?);
         let mut keys = Vec::new();
         let mut starts = Vec::new();
         for (index, provider) in compiled.providers.iter().enumerate() {
@@ -203,7 +203,7 @@ fn cache_source(remote: &RemoteKeys) -> String {
 
 /// Everything `start` would load, without starting: what `check` runs.
 pub(crate) fn preflight(config: &Config) -> Result<(), ConfigError> {
-    let compiled = Compiled::new(config);
+    let compiled = Compiled::new(config)?;
     for (index, provider) in compiled.providers.iter().enumerate() {
         first_keys(config, index, provider)?;
     }

@@ -23,6 +23,8 @@ pub(crate) enum Rejection {
     BadRequest(PathError),
     #[error("CONNECT and TRACE are not proxied")]
     MethodNotAllowed,
+    #[error("this route needs a client certificate")]
+    ClientCertRequired,
     #[error("the request target is too long")]
     UriTooLong,
     #[error(transparent)]
@@ -38,6 +40,7 @@ impl Rejection {
             Rejection::NoRoute => "no_route",
             Rejection::BadRequest(_) => "bad_request",
             Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::ClientCertRequired => "client_cert_required",
             Rejection::UriTooLong => "uri_too_long",
             Rejection::Auth(AuthError::Missing) => "missing_token",
             Rejection::Auth(AuthError::Ambiguous) => "ambiguous_credentials",
@@ -63,6 +66,7 @@ impl Rejection {
             | Rejection::Auth(AuthError::Ambiguous)
             | Rejection::Upstream(UpstreamError::BodyAborted) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Rejection::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Rejection::ClientCertRequired => (StatusCode::FORBIDDEN, "client_cert_required"),
             Rejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             Rejection::Upstream(UpstreamError::BodyTooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Rejection::Upstream(UpstreamError::BodyStalled(_)) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),

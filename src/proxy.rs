@@ -20,28 +20,31 @@ use hyper_util::rt::TokioIo;
 
 use crate::auth::{self, AuthError, Identity};
 use crate::body::RequestBody;
-use crate::config::{AuthMode, RouteConfig, TokenSource};
+use crate::config::{AuthMode, ClientCertField, RouteConfig, TokenSource, UpstreamProtocol};
 use crate::error::Rejection;
 use crate::headers::{self, Forwarding};
 use crate::path;
 use crate::request;
+use crate::route::Route;
 use crate::state::{SharedState, Snapshot};
+use crate::tls::ClientCert;
 use crate::token::Reason;
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream;
 
 /// A response body: the upstream's, streamed, or one the gateway wrote.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// What the gateway knows about the connection a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Connection {
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
+    /// The certificate the client was verified with, if it sent one.
+    pub(crate) client_cert: Option<Arc<ClientCert>>,
 }
 
 pub(crate) struct Proxy {
     pub(crate) state: SharedState,
-    pub(crate) upstream: UpstreamClient,
 }
 
 impl Proxy {
@@ -53,7 +56,7 @@ impl Proxy {
         let admitted = admit(&snapshot, &request, connection.tls);
         let route_name = admitted.as_ref().ok().map(|a| a.route.name.clone());
         let outcome = match admitted {
-            Ok(admitted) => self.pass(&snapshot, admitted, request, connection).await,
+            Ok(admitted) => self.pass(&snapshot, admitted, request, &connection).await,
             Err(rejection) => Err(rejection),
         };
         let (response, denial) = match outcome {
@@ -84,7 +87,7 @@ impl Proxy {
         snapshot: &Snapshot,
         admitted: Admitted<'_>,
         mut request: Request<Incoming>,
-        connection: Connection,
+        connection: &Connection,
     ) -> Result<Response<Incoming>, Rejection> {
         let route = admitted.route;
         let server = &snapshot.config.server;
@@ -94,6 +97,11 @@ impl Proxy {
         headers::sanitize_request(headers, &snapshot.config.identity_headers);
         headers::strip(headers, &server.strip_headers);
         headers::strip(headers, &route.strip_headers);
+        let client_cert = connection.client_cert.as_deref();
+        if route.require_client_cert && client_cert.is_none() {
+            return Err(Rejection::ClientCertRequired);
+        }
+        inject_client_cert(request.headers_mut(), route, client_cert);
         let identity = auth::authenticate(route, request.headers(), snapshot, &self.state).await?;
         auth::authorize(route, identity.as_ref())?;
         if let Some(identity) = &identity {
@@ -114,7 +122,7 @@ impl Proxy {
         }
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
         let request = to_upstream(request, &admitted, server.limits.body_timeout)?;
-        let mut response = self.upstream.forward(request, route.upstream_timeout).await?;
+        let mut response = route.client.forward(request, route.upstream_timeout).await?;
         headers::clean_response(response.headers_mut());
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -128,7 +136,7 @@ impl Proxy {
 
 /// Where a request goes, and what it was addressed to.
 struct Admitted<'a> {
-    route: &'a RouteConfig,
+    route: &'a Route,
     /// The validated, normalised authority.
     authority: Option<String>,
     /// The canonical path, when it differs from the request's.
@@ -176,6 +184,23 @@ fn inject_identity(request: &mut Request<Incoming>, route: &RouteConfig, identit
     Ok(())
 }
 
+/// Sets the route's client-certificate headers from the verified certificate.
+fn inject_client_cert(headers: &mut HeaderMap, route: &RouteConfig, cert: Option<&ClientCert>) {
+    let Some(cert) = cert else {
+        return;
+    };
+    for (name, field) in &route.inject_client_cert {
+        let value = match field {
+            ClientCertField::Subject => &cert.subject,
+            ClientCertField::Sans => &cert.sans,
+            ClientCertField::Sha256 => &cert.sha256,
+        };
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
 /// On a route that verifies tokens, the upstream gets no credential but the
 /// verified one, and that only with `forward_token`: an `Authorization`
 /// header or token cookie that was not checked never reaches it.
@@ -209,7 +234,10 @@ fn to_upstream(
     parts.version = Version::HTTP_11;
     headers::join_cookies(&mut parts.headers);
     let host = admitted.authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok());
-    match (host, route.preserve_host) {
+    // an HTTP/2 upstream gets `:authority` from the URI, and a Host that
+    // differed from it would make the request malformed (RFC 9113 §8.3.1)
+    let http1 = route.upstream_protocol == UpstreamProtocol::Http1;
+    match (host, route.preserve_host && http1) {
         (Some(host), true) => parts.headers.insert(HOST, host),
         // the client sets Host from the upstream URI
         _ => parts.headers.remove(HOST),

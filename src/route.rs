@@ -5,22 +5,57 @@
 //! Path prefixes match whole segments: `/orders` matches `/orders` and
 //! `/orders/1`, never `/ordersX`. Paths arrive canonical (see `path`).
 
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use http::Method;
 
-use crate::config::{PathMatch, RouteConfig};
+use crate::config::{PathMatch, RouteConfig, UpstreamProtocol};
+use crate::upstream::UpstreamClient;
 
 pub(crate) struct RouteTable {
-    routes: Vec<RouteConfig>,
+    routes: Vec<Route>,
+}
+
+/// A route and the pooled client for its kind of upstream.
+pub(crate) struct Route {
+    pub(crate) config: RouteConfig,
+    pub(crate) client: Arc<UpstreamClient>,
+}
+
+impl Deref for Route {
+    type Target = RouteConfig;
+
+    fn deref(&self) -> &RouteConfig {
+        &self.config
+    }
 }
 
 impl RouteTable {
     /// `routes` must already be in match order, as `Config` keeps them.
-    pub(crate) fn new(routes: Vec<RouteConfig>) -> RouteTable {
-        RouteTable { routes }
+    /// Routes with the same upstream CA and protocol share one client.
+    /// Fails with the file index of a route whose CA file cannot be used.
+    pub(crate) fn new(routes: Vec<RouteConfig>) -> Result<RouteTable, (usize, String)> {
+        let mut clients: HashMap<(Option<PathBuf>, UpstreamProtocol), Arc<UpstreamClient>> = HashMap::new();
+        let mut table = Vec::with_capacity(routes.len());
+        for config in routes {
+            let kind = (config.upstream_ca_file.clone(), config.upstream_protocol);
+            let client = match clients.get(&kind) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = UpstreamClient::new(kind.0.as_deref(), kind.1).map_err(|e| (config.index, e))?;
+                    clients.entry(kind).or_insert(Arc::new(client)).clone()
+                }
+            };
+            table.push(Route { config, client });
+        }
+        Ok(RouteTable { routes: table })
     }
 
     /// The most specific route for a request; `host` is lowercase, without port.
-    pub(crate) fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&RouteConfig> {
+    pub(crate) fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Route> {
         self.routes.iter().find(|route| {
             route.host.as_deref().is_none_or(|wanted| Some(wanted) == host)
                 && match route.path_match {
@@ -49,7 +84,7 @@ mod tests {
         let text = format!(
             "[[providers]]\nname = \"p\"\nissuer = \"i\"\njwks_url = \"http://127.0.0.1/j\"\naudiences = [\"a\"]\n{routes}"
         );
-        RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes)
+        RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes).unwrap()
     }
 
     fn name<'a>(table: &'a RouteTable, host: Option<&str>, path: &str, method: Method) -> Option<&'a str> {

@@ -28,7 +28,6 @@ use crate::connection::{Activity, Timed, Tracked};
 use crate::control::Control;
 use crate::proxy::{Connection, Proxy, SharedProxy};
 use crate::tls;
-use crate::upstream::UpstreamClient;
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Reset streams an HTTP/2 client may cause before it is cut off.
@@ -68,12 +67,7 @@ impl Gateway {
         let background = CancellationToken::new();
         let (_control, state) = Control::start(config, background.clone())?;
         let limits = config.server.limits.clone();
-        let shared = Shared {
-            tls,
-            proxy: Arc::new(Proxy { state, upstream: UpstreamClient::new() }),
-            http: http_builder(&limits),
-            limits,
-        };
+        let shared = Shared { tls, proxy: Arc::new(Proxy { state }), http: http_builder(&limits), limits };
         Ok(Gateway {
             listener,
             connections: Arc::new(Semaphore::new(shared.limits.max_connections)),
@@ -100,7 +94,7 @@ impl Gateway {
                             tracing::warn!(%peer, "max_connections reached: connection closed");
                             continue;
                         };
-                        let connection = Connection { peer, tls: self.shared.tls.is_some() };
+                        let connection = Connection { peer, tls: self.shared.tls.is_some(), client_cert: None };
                         tasks.spawn(serve_connection(stream, connection, self.shared.clone(), closing.clone(), permit));
                     }
                     Err(error) => {
@@ -155,7 +149,9 @@ async fn serve_connection(
     };
     match tokio::time::timeout(shared.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
-            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let session = stream.get_ref().1;
+            let http2 = session.alpn_protocol() == Some(b"h2");
+            let connection = Connection { client_cert: tls::client_cert(session).map(Arc::new), ..connection };
             serve_http(stream, http2, connection, &shared, closing).await
         }
         Ok(Err(error)) => tracing::debug!(peer = %connection.peer, %error, "TLS handshake failed"),
@@ -174,9 +170,10 @@ where
     let io = TokioIo::new(Timed::new(io, activity.clone(), limits.header_read_timeout));
     let proxy = shared.proxy.clone();
     let requests = activity.clone();
+    let peer = connection.peer;
     let service = service_fn(move |request| {
         let (proxy, in_flight) = (proxy.clone(), requests.request());
-        let activity = requests.clone();
+        let (activity, connection) = (requests.clone(), connection.clone());
         async move {
             let response = proxy.handle(request, connection).await;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -205,7 +202,7 @@ where
         }
     };
     if let Err(error) = result {
-        tracing::debug!(peer = %connection.peer, %error, "connection ended with an error");
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ProviderConfig, ServerConfig};
+use crate::config::{Config, ConfigError, ProviderConfig, ServerConfig};
 use crate::headers::IdentityHeaders;
 use crate::keys::KeySet;
 use crate::refetch::Refetch;
@@ -54,15 +54,18 @@ impl Provider {
 }
 
 impl Compiled {
-    pub(crate) fn new(config: &Config) -> Compiled {
-        Compiled {
+    pub(crate) fn new(config: &Config) -> Result<Compiled, ConfigError> {
+        let routes = RouteTable::new(config.routes.clone())
+            .map_err(|(index, reason)| config.error(&format!("routes[{index}].upstream_ca_file"), reason))?;
+        Ok(Compiled {
             server: config.server.clone(),
-            routes: RouteTable::new(config.routes.clone()),
-            identity_headers: IdentityHeaders::new(
-                config.routes.iter().flat_map(|r| r.inject_headers.iter().map(|(name, _)| name)),
-            ),
+            routes,
+            identity_headers: IdentityHeaders::new(config.routes.iter().flat_map(|r| {
+                let claims = r.inject_headers.iter().map(|(name, _)| name);
+                claims.chain(r.inject_client_cert.iter().map(|(name, _)| name))
+            })),
             providers: config.providers.iter().map(Provider::new).collect(),
-        }
+        })
     }
 }
 

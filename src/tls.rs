@@ -1,35 +1,74 @@
-//! The server's TLS setup: certificate chain and key from PEM files, TLS 1.2
-//! and 1.3 through aws-lc-rs (the one crypto provider of the process), and
-//! ALPN offering `h2` then `http/1.1`.
+//! The server's TLS: certificates chosen by SNI (exact names, `*.`
+//! wildcards, a default), TLS 1.2 and 1.3 through aws-lc-rs (the one crypto
+//! provider of the process), ALPN offering `h2` then `http/1.1`, and
+//! optional or required client certificates, whose subject and SANs the
+//! proxy can pass on.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 
 use crate::config::{Config, ConfigError, TlsFiles};
 
 pub(crate) const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Loads the certificate and key named in `config`, if any.
+fn provider() -> Arc<CryptoProvider> {
+    rustls::crypto::aws_lc_rs::default_provider().into()
+}
+
+/// Loads every certificate, key and CA named in `config`, if it uses TLS.
 pub(crate) fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
-    let Some(files) = &config.server.tls else {
+    let Some(tls) = &config.server.tls else {
         return Ok(None);
     };
-    let error = |key: &str, reason: String| config.error(&format!("server.{key}"), reason);
-    let TlsFiles { cert, key } = files;
-    let chain = certificates(cert).map_err(|reason| error("tls_cert", reason))?;
-    let private_key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| error("tls_key", format!("{}: no PKCS#8, PKCS#1 or SEC1 private key: {e}", key.display())))?;
-    let mut server = rustls::ServerConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+    let error = |key: String, reason: String| config.error(&key, reason);
+    let load = |key: &str, files: &TlsFiles| {
+        certified_key(files).map_err(|(part, reason)| error(format!("{key}.{part}"), reason))
+    };
+    let mut resolver =
+        SniResolver { exact: HashMap::new(), wildcards: Vec::new(), default: load("server", &tls.default)? };
+    for (i, (names, files)) in tls.by_name.iter().enumerate() {
+        let key = load(&format!("server.certificates[{i}]"), files)?;
+        for name in names {
+            match name.strip_prefix("*.") {
+                Some(suffix) => resolver.wildcards.push((format!(".{suffix}"), key.clone())),
+                None => drop(resolver.exact.insert(name.clone(), key.clone())),
+            }
+        }
+    }
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| error("tls_cert", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .map_err(|e| error("tls_key", format!("{} does not fit {}: {e}", key.display(), cert.display())))?;
+        .map_err(|e| error("server.tls_cert".into(), e.to_string()))?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let roots = client_roots(&auth.ca).map_err(|reason| error("server.client_ca".into(), reason))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let verifier = if auth.required { verifier } else { verifier.allow_unauthenticated() };
+            let verifier = verifier.build().map_err(|e| error("server.client_ca".into(), e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Some(Arc::new(server)))
+}
+
+/// A chain and its key, checked to belong together; errors name the part.
+fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
+    let TlsFiles { cert, key } = files;
+    let chain = certificates(cert).map_err(|reason| ("tls_cert", reason))?;
+    let private_key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ("tls_key", format!("{}: no PKCS#8, PKCS#1 or SEC1 private key: {e}", key.display())))?;
+    CertifiedKey::from_der(chain, private_key, &provider())
+        .map(Arc::new)
+        .map_err(|e| ("tls_key", format!("{} does not fit {}: {e}", key.display(), cert.display())))
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -40,4 +79,77 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
     Ok(chain)
+}
+
+fn client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(path)? {
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// Picks the certificate for the name a client asked for (SNI).
+#[derive(Debug)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `.example.com` for `*.example.com`: one label in front, no more.
+    wildcards: Vec<(String, Arc<CertifiedKey>)>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else {
+            return Some(self.default.clone());
+        };
+        if let Some(key) = self.exact.get(&name) {
+            return Some(key.clone());
+        }
+        let wildcard = self.wildcards.iter().find(|(suffix, _)| {
+            name.strip_suffix(suffix.as_str()).is_some_and(|label| !label.is_empty() && !label.contains('.'))
+        });
+        Some(wildcard.map_or(&self.default, |(_, key)| key).clone())
+    }
+}
+
+/// What a verified client certificate says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientCert {
+    pub(crate) subject: String,
+    pub(crate) sans: String,
+    pub(crate) sha256: String,
+}
+
+/// The client certificate a connection was verified with, if any.
+pub(crate) fn client_cert(connection: &rustls::ServerConnection) -> Option<ClientCert> {
+    let der = connection.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|extension| extension.value.general_names.iter().filter_map(general_name).collect())
+        .unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    Some(ClientCert {
+        subject: cert.subject().to_string(),
+        sans: sans.join(","),
+        sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+fn general_name(name: &x509_parser::extensions::GeneralName<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    match name {
+        GeneralName::DNSName(dns) => Some(format!("DNS:{dns}")),
+        GeneralName::URI(uri) => Some(format!("URI:{uri}")),
+        GeneralName::RFC822Name(email) => Some(format!("email:{email}")),
+        GeneralName::IPAddress(bytes) => match bytes.len() {
+            4 => Some(format!("IP:{}", std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).ok()?))),
+            16 => Some(format!("IP:{}", std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).ok()?))),
+            _ => None,
+        },
+        _ => None,
+    }
 }

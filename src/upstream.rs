@@ -1,10 +1,14 @@
 //! The pooled client that carries requests to upstreams.
 //!
-//! One client for the whole process, so connections are reused across
-//! requests and routes. Bodies are streamed through in both directions:
+//! One client per kind of upstream (its CA and protocol), shared by every
+//! route of that kind, so connections are reused across requests and routes. Bodies are streamed through in both directions:
 //! the request body is the client's, streamed through `RequestBody`.
 
+use std::path::Path;
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
@@ -15,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BodyError, RequestBody};
-use crate::config::Upstream;
+use crate::config::{Upstream, UpstreamProtocol};
 use crate::error;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,23 +63,26 @@ pub(crate) struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub(crate) fn new() -> UpstreamClient {
+    /// A pooled client speaking `protocol`, trusting `ca_file` alone for
+    /// https upstreams when given, else the system's roots.
+    pub(crate) fn new(ca_file: Option<&Path>, protocol: UpstreamProtocol) -> Result<UpstreamClient, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_client_config())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let https =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_client_config(ca_file)?).https_or_http();
+        let connector = match protocol {
+            UpstreamProtocol::Http1 => https.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => https.enable_http2().wrap_connector(http),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http2_only(protocol == UpstreamProtocol::Http2)
             .build(connector);
-        UpstreamClient { client }
+        Ok(UpstreamClient { client })
     }
 
     /// Sends `request` and waits for the response head at most `timeout`.
@@ -110,16 +117,29 @@ pub(crate) fn target(upstream: &Upstream, path: &str, query: Option<&str>) -> Op
         .ok()
 }
 
-/// System roots for `https://` upstreams, through the one crypto provider.
-fn tls_client_config() -> rustls::ClientConfig {
+/// The roots for `https://` upstreams, through the one crypto provider.
+fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let builder = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default protocol versions");
+    if let Some(path) = ca_file {
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    }
     match builder.clone().with_native_roots() {
-        Ok(roots) => roots.with_no_client_auth(),
+        Ok(roots) => Ok(roots.with_no_client_auth()),
         Err(error) => {
             tracing::warn!(%error, "no system CA certificates: https upstreams cannot be verified");
-            builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
+            Ok(builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
         }
     }
 }

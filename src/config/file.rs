@@ -28,6 +28,10 @@ pub(crate) struct ServerFile {
     pub(crate) listen: Option<String>,
     pub(crate) tls_cert: Option<PathBuf>,
     pub(crate) tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) certificates: Vec<CertificateFile>,
+    pub(crate) client_ca: Option<PathBuf>,
+    pub(crate) client_auth: Option<ClientAuth>,
     pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) strip_headers: Option<Vec<String>>,
     // limits
@@ -44,6 +48,33 @@ pub(crate) struct ServerFile {
     pub(crate) tls_handshake_timeout: Option<Duration>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_concurrent_streams: Option<u32>,
+}
+
+/// A certificate served for the names (SNI) it lists.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateFile {
+    pub(crate) tls_cert: PathBuf,
+    pub(crate) tls_key: PathBuf,
+    #[serde(default)]
+    pub(crate) names: Vec<String>,
+}
+
+/// What a route speaks to its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    Http1,
+    /// Over TLS by ALPN, or cleartext with prior knowledge (h2c).
+    Http2,
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +137,11 @@ pub(crate) struct RouteFile {
     pub(crate) websocket: Option<bool>,
     pub(crate) max_body: Option<ByteSize>,
     pub(crate) strip_headers: Option<Vec<String>>,
+    pub(crate) upstream_ca_file: Option<PathBuf>,
+    pub(crate) upstream_protocol: Option<UpstreamProtocol>,
+    pub(crate) require_client_cert: Option<bool>,
+    #[serde(default)]
+    pub(crate) inject_client_cert: BTreeMap<String, String>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) upstream_timeout: Option<Duration>,
 }

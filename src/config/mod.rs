@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
 pub(crate) use file::ConfigFile;
-pub use file::{AuthMode, PathMatch};
+pub use file::{AuthMode, ClientAuth, PathMatch, UpstreamProtocol};
 use locate::KeyLines;
 
 /// A validated configuration.
@@ -42,7 +42,7 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `None` serves plaintext HTTP (behind a mesh that terminates TLS).
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<Tls>,
     /// Peers whose `X-Forwarded-*` are believed (and appended to).
     pub trusted_proxies: Vec<IpNet>,
     /// Removed from every request.
@@ -71,10 +71,38 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// The certificates the server presents, and what it asks of clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// For clients whose SNI names no listed certificate (or send none).
+    pub default: TlsFiles,
+    /// Chosen by SNI: exact names and `*.suffix` wildcards, lowercase.
+    pub by_name: Vec<(Vec<String>, TlsFiles)>,
+    pub client_auth: Option<ClientCertAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCertAuth {
+    /// The CA bundle client certificates must chain to.
+    pub ca: PathBuf,
+    pub required: bool,
+}
+
+/// What of a verified client certificate a header can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertField {
+    /// The subject DN, as RFC 4514 writes it.
+    Subject,
+    /// The subject alternative names: `DNS:...`, `URI:...`, `IP:...`, `email:...`.
+    Sans,
+    /// The SHA-256 of the certificate (DER), in hex.
+    Sha256,
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +181,8 @@ pub enum TokenSource {
 
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
+    /// Its position in the file (routes are kept in match order), for messages.
+    pub index: usize,
     pub name: String,
     pub path: String,
     /// Lowercase, without a port.
@@ -175,6 +205,11 @@ pub struct RouteConfig {
     /// Request bodies larger than this are refused (413); `None`: no limit.
     pub max_body: Option<u64>,
     pub strip_headers: Vec<HeaderName>,
+    pub require_client_cert: bool,
+    pub inject_client_cert: Vec<(HeaderName, ClientCertField)>,
+    /// Trust only these CAs for an https upstream (else the system's).
+    pub upstream_ca_file: Option<PathBuf>,
+    pub upstream_protocol: UpstreamProtocol,
     pub upstream_timeout: Duration,
 }
 

@@ -17,19 +17,59 @@ pub(super) fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
     let listen: SocketAddr = listen
         .parse()
         .map_err(|_| invalid("server.listen", format!("{listen:?} is not an address like \"0.0.0.0:8443\"")))?;
-    let tls = match (file.tls_cert.clone(), file.tls_key.clone()) {
+    Ok(ServerConfig {
+        tls: tls(&file)?,
+        listen,
+        trusted_proxies: trusted_proxies(file.trusted_proxies.as_deref().unwrap_or_default())?,
+        strip_headers: strip_headers("server.strip_headers", file.strip_headers.as_deref().unwrap_or_default())?,
+        limits: limits(&file)?,
+    })
+}
+
+fn tls(file: &ServerFile) -> Result<Option<Tls>, Invalid> {
+    let default = match (file.tls_cert.clone(), file.tls_key.clone()) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
         (Some(_), None) => return Err(invalid("server.tls_key", "tls_cert is set, so tls_key is needed too")),
         (None, Some(_)) => return Err(invalid("server.tls_cert", "tls_key is set, so tls_cert is needed too")),
     };
-    Ok(ServerConfig {
-        listen,
-        tls,
-        trusted_proxies: trusted_proxies(file.trusted_proxies.as_deref().unwrap_or_default())?,
-        strip_headers: strip_headers("server.strip_headers", file.strip_headers.as_deref().unwrap_or_default())?,
-        limits: limits(&file)?,
-    })
+    let mut by_name = Vec::new();
+    for (i, entry) in file.certificates.iter().enumerate() {
+        let key = format!("server.certificates[{i}].names");
+        if entry.names.is_empty() {
+            return Err(invalid(key, "list the names (SNI) this certificate serves"));
+        }
+        let names = entry.names.iter().map(|name| server_name(&key, name)).collect::<Result<Vec<_>, _>>()?;
+        by_name.push((names, TlsFiles { cert: entry.tls_cert.clone(), key: entry.tls_key.clone() }));
+    }
+    let client_auth = match (&file.client_ca, file.client_auth) {
+        (Some(ca), auth) => Some(ClientCertAuth { ca: ca.clone(), required: auth == Some(ClientAuth::Required) }),
+        (None, Some(_)) => {
+            return Err(invalid("server.client_auth", "needs client_ca, the CA client certificates chain to"));
+        }
+        (None, None) => None,
+    };
+    // without a default, the first named certificate answers unknown names
+    let Some(default) = default.or_else(|| by_name.first().map(|(_, files)| files.clone())) else {
+        return match client_auth {
+            Some(_) => Err(invalid("server.client_ca", "client certificates need TLS: set tls_cert and tls_key")),
+            None => Ok(None),
+        };
+    };
+    Ok(Some(Tls { default, by_name, client_auth }))
+}
+
+/// A DNS name or `*.` wildcard, lowercase.
+fn server_name(key: &str, name: &str) -> Result<String, Invalid> {
+    let bare = name.strip_prefix("*.").unwrap_or(name);
+    let valid = !bare.is_empty()
+        && bare
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !valid {
+        return Err(invalid(key, format!("{name:?} is not a DNS name or *.wildcard")));
+    }
+    Ok(name.to_ascii_lowercase())
 }
 
 fn limits(file: &ServerFile) -> Result<Limits, Invalid> {

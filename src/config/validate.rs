@@ -23,7 +23,7 @@ pub(super) fn config(file: ConfigFile, origin: &str, lines: Arc<KeyLines>) -> Re
     // a token's `iss` must pick exactly one provider
     unique("providers", "issuer", providers.iter().map(|p| &p.issuer))?;
     let routes: Vec<RouteConfig> =
-        file.routes.into_iter().enumerate().map(|(i, r)| route(i, r, &providers)).collect::<Result<_, _>>()?;
+        file.routes.into_iter().enumerate().map(|(i, r)| route(i, r, &providers, &server)).collect::<Result<_, _>>()?;
     unique("routes", "name", routes.iter().map(|r| &r.name))?;
     if routes.is_empty() {
         return Err(invalid("routes", "at least one [[routes]] entry is needed"));
@@ -43,7 +43,12 @@ fn unique<'a>(table: &str, field: &str, values: impl Iterator<Item = &'a String>
     Ok(())
 }
 
-fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<RouteConfig, Invalid> {
+fn route(
+    i: usize,
+    file: RouteFile,
+    providers: &[ProviderConfig],
+    server: &ServerConfig,
+) -> Result<RouteConfig, Invalid> {
     let key = |name: &str| format!("routes[{i}].{name}");
     non_empty(&key("name"), &file.name)?;
     let auth = file.auth.unwrap_or(AuthMode::Required);
@@ -72,6 +77,31 @@ fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<Rout
         }
         require_claims.push(ClaimRequirement { claim, values });
     }
+    let client_certs = server.tls.as_ref().is_some_and(|tls| tls.client_auth.is_some());
+    let require_client_cert = file.require_client_cert.unwrap_or(false);
+    if (require_client_cert || !file.inject_client_cert.is_empty()) && !client_certs {
+        let name = if require_client_cert { "require_client_cert" } else { "inject_client_cert" };
+        return Err(invalid(key(name), "needs server.client_ca, so clients can present certificates"));
+    }
+    let mut inject_client_cert = Vec::new();
+    for (header, field) in file.inject_client_cert {
+        let header_key = key(&format!("inject_client_cert.{header}"));
+        let field = match field.as_str() {
+            "subject" => ClientCertField::Subject,
+            "sans" => ClientCertField::Sans,
+            "sha256" => ClientCertField::Sha256,
+            other => return Err(invalid(header_key, format!("{other:?} is not subject, sans or sha256"))),
+        };
+        inject_client_cert.push((injectable_header(&header_key, &header)?, field));
+    }
+    let upstream = upstream(&key("upstream"), &file.upstream)?;
+    if file.upstream_ca_file.is_some() && upstream.scheme != Scheme::HTTPS {
+        return Err(invalid(key("upstream_ca_file"), "applies to https:// upstreams only"));
+    }
+    let upstream_protocol = file.upstream_protocol.unwrap_or(UpstreamProtocol::Http1);
+    if upstream_protocol == UpstreamProtocol::Http2 && file.websocket == Some(true) {
+        return Err(invalid(key("websocket"), "WebSocket upgrades need upstream_protocol = \"http1\""));
+    }
     let mut inject_headers = Vec::new();
     for (header, claim) in file.inject_headers {
         let header_key = key(&format!("inject_headers.{header}"));
@@ -86,7 +116,7 @@ fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<Rout
         path: route_path(&key("path"), file.path)?,
         host: file.host.map(|host| route_host(&key("host"), &host)).transpose()?,
         methods: file.methods.map(|methods| route_methods(&key("methods"), methods)).transpose()?,
-        upstream: upstream(&key("upstream"), &file.upstream)?,
+        upstream,
         auth,
         require_claims,
         inject_headers,
@@ -95,6 +125,11 @@ fn route(i: usize, file: RouteFile, providers: &[ProviderConfig]) -> Result<Rout
         path_match: file.path_match.unwrap_or(PathMatch::Prefix),
         websocket: file.websocket.unwrap_or(false),
         max_body: file.max_body.map(|size| size.as_u64()),
+        index: i,
+        require_client_cert,
+        inject_client_cert,
+        upstream_protocol,
+        upstream_ca_file: file.upstream_ca_file,
         strip_headers: super::server::strip_headers(
             &key("strip_headers"),
             file.strip_headers.as_deref().unwrap_or_default(),

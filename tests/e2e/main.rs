@@ -9,4 +9,7 @@ mod keys;
 mod proxying;
 mod streaming;
 mod support;
+mod tls;
 mod tokens;
+mod upstreams;
+mod websocket;
