@@ -1,15 +1,19 @@
 //! Entry points for the fuzz targets in `fuzz/`: arbitrary bytes through
-//! token parsing, the header and claim checks, key lookup, signature
-//! verification and claim rendering. Not an API; it exists so the fuzzer
-//! reaches crate-private code without it being made public.
+//! token parsing and claim checks, the path canonicaliser, and the header
+//! sanitiser, with the properties they promise as assertions. Not an API;
+//! it exists so the fuzzer reaches crate-private code without it being made
+//! public.
 
 use std::sync::OnceLock;
 
 use jsonwebtoken::Algorithm;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
+
 use crate::auth::claim_of;
-use crate::headers::claim_header_value;
+use crate::headers::{IdentityHeaders, claim_header_value, sanitize_request};
 use crate::keys::{self, Freshness, KeySet};
+use crate::path;
 use crate::token::{self, ClaimRules};
 
 /// Runs one input through everything a token meets before it is trusted.
@@ -32,6 +36,54 @@ pub fn token(data: &[u8]) {
         if let Some(value) = claim_of(&jwt.claims, name) {
             let _ = claim_header_value(value);
         }
+    }
+}
+
+/// The path canonicaliser: what it accepts comes out canonical, and
+/// canonicalising again changes nothing.
+pub fn path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(canonical) = path::canonicalize(text) else {
+        return;
+    };
+    assert!(canonical.starts_with('/'), "{text:?} -> {canonical:?}");
+    assert!(!canonical.contains("//"), "{text:?} -> {canonical:?}");
+    assert!(!canonical.contains('\\'), "{text:?} -> {canonical:?}");
+    assert!(!canonical.split('/').any(|s| s == "." || s == ".."), "{text:?} -> {canonical:?}");
+    let again = path::canonicalize(&canonical);
+    assert_eq!(again.as_deref(), Ok(&*canonical), "not idempotent: {text:?}");
+}
+
+/// The header sanitiser: no identity header the gateway manages survives,
+/// in any spelling, nor any hop-by-hop header or one `Connection` names.
+/// Input: lines of `name: value`.
+pub fn headers(data: &[u8]) {
+    let managed = [HeaderName::from_static("x-user-id"), HeaderName::from_static("x-user-roles")];
+    let mut headers = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
+    }
+    let nominated: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    sanitize_request(&mut headers, &IdentityHeaders::new(&managed));
+    for name in headers.keys() {
+        let dashed = name.as_str().replace('_', "-");
+        assert!(!managed.iter().any(|m| m.as_str() == dashed), "{name} survived");
+        assert!(!nominated.iter().any(|n| n == name.as_str()), "{name} was named by Connection");
+        assert!(name != http::header::CONNECTION && name != http::header::UPGRADE && name != "keep-alive");
     }
 }
 
@@ -100,6 +152,27 @@ mod tests {
                 }
             }
             token(&bytes);
+        }
+    }
+
+    #[test]
+    fn mutated_paths_and_headers_keep_their_promises() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let pieces = ["/", "//", ".", "..", "%2e", "%2F", "%61", "%c3%a9", "a", "B", ";", "\\", "%", "%0", "~", "%7E"];
+        for _ in 0..20_000 {
+            let path: String = (0..rng.usize(1..12)).map(|_| pieces[rng.usize(..pieces.len())]).collect();
+            super::path(path.as_bytes());
+        }
+        let names = ["x-user-id", "X_User_Id", "x-user_roles", "connection", "keep-alive", "x-other", "te", "upgrade"];
+        for _ in 0..5_000 {
+            let lines: Vec<String> = (0..rng.usize(1..8))
+                .map(|_| {
+                    let name = names[rng.usize(..names.len())];
+                    let value = if name == "connection" { names[rng.usize(..names.len())] } else { "v" };
+                    format!("{name}: {value}")
+                })
+                .collect();
+            headers(lines.join("\n").as_bytes());
         }
     }
 }

@@ -377,3 +377,42 @@ auth = "public"
     assert_eq!(stack.get("/healthz/deep", &[]).await.status, 404);
     assert_eq!(stack.get("/healthz/", &[]).await.status, 404);
 }
+
+#[tokio::test]
+async fn http2_requests_get_the_same_rules() {
+    let stack = stack().await;
+    let port = stack.addr.port();
+    let send = |authority: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut request = http::Request::get(format!("https://{authority}{path}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(()).unwrap();
+        let stack = &stack;
+        async move {
+            let mut client = crate::support::h2_connect(stack).await.ready().await.unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = response.await.unwrap();
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                bytes.extend_from_slice(&chunk.unwrap());
+            }
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let here = format!("localhost:{port}");
+    let (status, _) = send(&here, "/public", &[("host", "evil.example")]).await;
+    assert_eq!(status, 400, ":authority and host disagree");
+    let (status, seen) = send(&here, "/public", &[("host", &here.to_uppercase())]).await;
+    assert_eq!(status, 200, "the same host in another case agrees");
+    assert_eq!(seen["headers"]["x-forwarded-host"], json!(here));
+    let (status, _) = send(&here, "/public/%2e%2e/orders", &[]).await;
+    assert_eq!(status, 400);
+    let (status, seen) = send(&here, "/public", &[("x_user_id", "mallory"), ("x-forwarded-for", "6.6.6.6")]).await;
+    assert_eq!(status, 200);
+    assert!(seen["headers"].get("x_user_id").is_none());
+    assert_eq!(seen["headers"]["x-forwarded-for"], json!("127.0.0.1"));
+    assert_eq!(stack.echo.requests(), 2);
+}

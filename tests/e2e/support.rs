@@ -308,6 +308,18 @@ pub async fn tls_connect(
     tls_connector(root).connect(ServerName::try_from("localhost").unwrap(), tcp).await
 }
 
+/// A raw HTTP/2 connection (the h2 crate, which sends what it is given).
+pub async fn h2_connect(stack: &Stack) -> h2::client::SendRequest<Bytes> {
+    let mut config = tls_config(&stack.cert);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(stack.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// A TLS connector for raw HTTP/1.1 bytes.
 fn tls_connector(root: &PathBuf) -> tokio_rustls::TlsConnector {
     let mut config = tls_config(root);
