@@ -16,10 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::future::Future;
+
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
+use tokio_util::task::TaskTracker;
 
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
@@ -69,6 +73,47 @@ impl Activity {
     pub(crate) fn idle_for(&self, idle: Duration) -> bool {
         let quiet = self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)));
         self.in_flight.load(Ordering::Acquire) == 0 && quiet >= idle
+    }
+}
+
+/// Keeps an upgraded connection (a WebSocket) as accountable as any other:
+/// it holds its connection's `max_connections` slot, is waited for at
+/// shutdown, and is closed after `idle_timeout` without traffic.
+#[derive(Clone)]
+pub(crate) struct Upgrades {
+    pub(crate) tasks: TaskTracker,
+    pub(crate) slot: Arc<OwnedSemaphorePermit>,
+    pub(crate) activity: Arc<Activity>,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Upgrades {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upgrades")
+    }
+}
+
+impl Upgrades {
+    /// Runs `splice` (the copying between client and upstream) until it
+    /// ends or the connection goes idle.
+    pub(crate) fn spawn(&self, splice: impl Future<Output = ()> + Send + 'static) {
+        let (slot, activity, idle) = (self.slot.clone(), self.activity.clone(), self.idle_timeout);
+        self.tasks.spawn(async move {
+            let _slot = slot;
+            let mut check = tokio::time::interval(idle / 4);
+            let idle_out = async {
+                loop {
+                    check.tick().await;
+                    if activity.idle_for(idle) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = splice => {}
+                () = idle_out => tracing::debug!("upgraded connection idle: closed"),
+            }
+        });
     }
 }
 

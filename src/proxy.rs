@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use crate::auth::{self, AuthError, Identity};
 use crate::body::RequestBody;
 use crate::config::{AuthMode, ClientCertField, RouteConfig, TokenSource, UpstreamProtocol};
+use crate::connection::Upgrades;
 use crate::error::Rejection;
 use crate::headers::{self, Forwarding};
 use crate::path;
@@ -41,6 +42,8 @@ pub(crate) struct Connection {
     pub(crate) tls: bool,
     /// The certificate the client was verified with, if it sent one.
     pub(crate) client_cert: Option<Arc<ClientCert>>,
+    /// Where an upgraded connection's copying runs.
+    pub(crate) upgrades: Upgrades,
 }
 
 pub(crate) struct Proxy {
@@ -128,7 +131,7 @@ impl Proxy {
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
             headers::restore_websocket_upgrade(response.headers_mut());
-            tokio::spawn(splice(client_upgrade, hyper::upgrade::on(&mut response)));
+            connection.upgrades.spawn(splice(client_upgrade, hyper::upgrade::on(&mut response)));
         }
         Ok(response)
     }

@@ -24,10 +24,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, Limits};
-use crate::connection::{Activity, Timed, Tracked};
+use crate::connection::{Activity, Timed, Tracked, Upgrades};
 use crate::control::Control;
 use crate::proxy::{Connection, Proxy, SharedProxy};
-use crate::tls;
+use crate::tls::{self, ClientCert};
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Reset streams an HTTP/2 client may cause before it is cut off.
@@ -94,8 +94,8 @@ impl Gateway {
                             tracing::warn!(%peer, "max_connections reached: connection closed");
                             continue;
                         };
-                        let connection = Connection { peer, tls: self.shared.tls.is_some(), client_cert: None };
-                        tasks.spawn(serve_connection(stream, connection, self.shared.clone(), closing.clone(), permit));
+                        let accepted = Accepted { peer, slot: Arc::new(permit), tasks: tasks.clone(), closing: closing.clone() };
+                        tasks.spawn(serve_connection(stream, accepted, self.shared.clone()));
                     }
                     Err(error) => {
                         // out of file descriptors, usually: back off instead of spinning
@@ -136,41 +136,47 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    connection: Connection,
-    shared: Arc<Shared>,
+/// A connection just accepted, and what it answers to.
+struct Accepted {
+    peer: SocketAddr,
+    /// Its `max_connections` slot, held by whatever serves it.
+    slot: Arc<OwnedSemaphorePermit>,
+    tasks: TaskTracker,
     closing: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-) {
+}
+
+async fn serve_connection(stream: TcpStream, accepted: Accepted, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = &shared.tls else {
-        return serve_http(stream, false, connection, &shared, closing).await;
+        return serve_http(stream, false, None, accepted, &shared).await;
     };
+    let peer = accepted.peer;
     match tokio::time::timeout(shared.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             let session = stream.get_ref().1;
             let http2 = session.alpn_protocol() == Some(b"h2");
-            let connection = Connection { client_cert: tls::client_cert(session).map(Arc::new), ..connection };
-            serve_http(stream, http2, connection, &shared, closing).await
+            let client_cert = tls::client_cert(session).map(Arc::new);
+            serve_http(stream, http2, client_cert, accepted, &shared).await
         }
-        Ok(Err(error)) => tracing::debug!(peer = %connection.peer, %error, "TLS handshake failed"),
-        Err(_) => tracing::debug!(peer = %connection.peer, "TLS handshake timed out"),
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
 /// Serves HTTP on an established connection until it ends, goes idle for
 /// `idle_timeout`, or the gateway shuts down (then in-flight requests finish).
-async fn serve_http<IO>(io: IO, http2: bool, connection: Connection, shared: &Shared, closing: CancellationToken)
+async fn serve_http<IO>(io: IO, http2: bool, client_cert: Option<Arc<ClientCert>>, accepted: Accepted, shared: &Shared)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Accepted { peer, slot, tasks, closing } = accepted;
     let activity = Activity::new(http2);
     let limits = &shared.limits;
+    let upgrades = Upgrades { tasks, slot, activity: activity.clone(), idle_timeout: limits.idle_timeout };
+    let connection = Connection { peer, tls: shared.tls.is_some(), client_cert, upgrades };
     let io = TokioIo::new(Timed::new(io, activity.clone(), limits.header_read_timeout));
     let proxy = shared.proxy.clone();
     let requests = activity.clone();
-    let peer = connection.peer;
     let service = service_fn(move |request| {
         let (proxy, in_flight) = (proxy.clone(), requests.request());
         let (activity, connection) = (requests.clone(), connection.clone());

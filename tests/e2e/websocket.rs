@@ -123,3 +123,22 @@ async fn routes_without_websocket_do_not_upgrade() {
     assert!(open(&stack, "/plain", None).await.is_err(), "an upgrade passed a route without websocket = true");
     assert_eq!(handshakes.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn websockets_hold_their_connection_slot_and_close_when_idle() {
+    let (upstream, _, _) = echo_server().await;
+    let options = routes(upstream);
+    let server = "max_connections = 2\nidle_timeout = \"2s\"\n".to_owned();
+    let stack = Stack::with(Options { server, ..options }).await;
+    let token = stack.token(json!({}));
+    let socket = open(&stack, "/live", Some(&token)).await.expect("the upgrade succeeds");
+    let _second = stack.connect().await;
+    let tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    assert!(support::tls_connect(&stack.cert, tcp).await.is_err(), "an open WebSocket gave its slot away");
+
+    // no traffic for idle_timeout: the gateway closes it
+    let mut socket = Box::pin(socket);
+    let ended =
+        tokio::time::timeout(std::time::Duration::from_secs(6), async { while socket.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "an idle WebSocket stayed open");
+}
