@@ -5,14 +5,18 @@
 //! so it cannot tell a slow head from an idle keep-alive connection. Here
 //! the head clock starts at the first byte of a request and stops when the
 //! request reaches the proxy (`header_read_timeout`); a connection with no
-//! request in flight and no traffic is closed after `idle_timeout`. HTTP/2
-//! and upgraded connections are left to the idle clock: their frames are
-//! not heads.
+//! request in flight and none for `idle_timeout` is closed, however many
+//! PINGs it sends; a write that makes no progress for `body_timeout` (a
+//! client that stopped reading) ends the connection. HTTP/2 and upgraded
+//! connections have no heads to time; an upgraded one is idle when no byte
+//! moves.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,38 +25,52 @@ use std::future::Future;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the connection's IO and its requests share.
 pub(crate) struct Activity {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last byte read or written.
-    last: AtomicU64,
+    last_io: AtomicU64,
+    /// Milliseconds after `epoch` a request last started or ended.
+    last_request: AtomicU64,
     /// Requests whose responses are not finished.
     in_flight: AtomicUsize,
     /// Requests that reached the proxy, ever.
     started: AtomicU64,
-    /// HTTP/2, or upgraded (a WebSocket): no request heads to time.
+    /// HTTP/2 (by ALPN or preface), or upgraded: no request heads to time.
     no_heads: AtomicBool,
+    upgraded: AtomicBool,
 }
 
 impl Activity {
     pub(crate) fn new(http2: bool) -> Arc<Activity> {
         Arc::new(Activity {
             epoch: Instant::now(),
-            last: AtomicU64::new(0),
+            last_io: AtomicU64::new(0),
+            last_request: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             no_heads: AtomicBool::new(http2),
+            upgraded: AtomicBool::new(false),
         })
     }
 
-    fn touch(&self) {
-        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn touch_io(&self) {
+        self.last_io.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn touch_request(&self) {
+        self.last_request.store(self.now(), Ordering::Relaxed);
     }
 
     /// Marks a request as in flight until the returned guard is dropped
@@ -60,19 +78,76 @@ impl Activity {
     pub(crate) fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.started.fetch_add(1, Ordering::AcqRel);
-        self.touch();
+        self.touch_request();
         InFlight(self.clone())
     }
 
     /// The connection was upgraded: what follows are not HTTP requests.
     pub(crate) fn upgraded(&self) {
         self.no_heads.store(true, Ordering::Release);
+        self.upgraded.store(true, Ordering::Release);
     }
 
-    /// No request in flight and no traffic for `idle`.
+    /// Idle for `idle`: an HTTP connection with no request in flight and
+    /// none started or finished since (PINGs and other frames do not count);
+    /// an upgraded one without a byte either way.
     pub(crate) fn idle_for(&self, idle: Duration) -> bool {
-        let quiet = self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)));
-        self.in_flight.load(Ordering::Acquire) == 0 && quiet >= idle
+        let since = |last: &AtomicU64| Duration::from_millis(self.now().saturating_sub(last.load(Ordering::Relaxed)));
+        if self.upgraded.load(Ordering::Acquire) {
+            return since(&self.last_io) >= idle;
+        }
+        self.in_flight.load(Ordering::Acquire) == 0 && since(&self.last_request) >= idle
+    }
+}
+
+/// The connection limits: `max_connections` in all, and optionally
+/// `max_connections_per_client` from one address.
+pub(crate) struct Slots {
+    total: Arc<Semaphore>,
+    per_client: Option<(usize, Mutex<HashMap<IpAddr, usize>>)>,
+}
+
+/// One connection's place; given back when dropped.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    client: Option<(Arc<Slots>, IpAddr)>,
+}
+
+impl Slots {
+    pub(crate) fn new(max: usize, per_client: Option<usize>) -> Arc<Slots> {
+        Arc::new(Slots { total: Arc::new(Semaphore::new(max)), per_client: per_client.map(|n| (n, Mutex::default())) })
+    }
+
+    /// A place for a connection from `peer`, if there is one.
+    pub(crate) fn take(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
+        let permit = self.total.clone().try_acquire_owned().ok()?;
+        let Some((max, counts)) = &self.per_client else {
+            return Some(Slot { _permit: permit, client: None });
+        };
+        let mut counts = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(peer).or_insert(0);
+        if *count >= *max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot { _permit: permit, client: Some((self.clone(), peer)) })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some((slots, peer)) = &self.client else {
+            return;
+        };
+        if let Some((_, counts)) = &slots.per_client {
+            let mut counts = counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(count) = counts.get_mut(peer) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(peer);
+                }
+            }
+        }
     }
 }
 
@@ -82,9 +157,11 @@ impl Activity {
 #[derive(Clone)]
 pub(crate) struct Upgrades {
     pub(crate) tasks: TaskTracker,
-    pub(crate) slot: Arc<OwnedSemaphorePermit>,
+    pub(crate) slot: Arc<Slot>,
     pub(crate) activity: Arc<Activity>,
     pub(crate) idle_timeout: Duration,
+    /// Cancelled when the shutdown grace is over.
+    pub(crate) killing: CancellationToken,
 }
 
 impl std::fmt::Debug for Upgrades {
@@ -98,6 +175,7 @@ impl Upgrades {
     /// ends or the connection goes idle.
     pub(crate) fn spawn(&self, splice: impl Future<Output = ()> + Send + 'static) {
         let (slot, activity, idle) = (self.slot.clone(), self.activity.clone(), self.idle_timeout);
+        let killing = self.killing.clone();
         self.tasks.spawn(async move {
             let _slot = slot;
             let mut check = tokio::time::interval(idle / 4);
@@ -112,6 +190,7 @@ impl Upgrades {
             tokio::select! {
                 () = splice => {}
                 () = idle_out => tracing::debug!("upgraded connection idle: closed"),
+                () = killing.cancelled() => {}
             }
         });
     }
@@ -122,7 +201,7 @@ pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
+        self.0.touch_request();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -156,7 +235,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The connection's IO, timing request heads and recording traffic.
+/// The connection's IO, timing request heads and stalled writes, and
+/// recording traffic.
 pub(crate) struct Timed<IO> {
     io: IO,
     activity: Arc<Activity>,
@@ -164,12 +244,37 @@ pub(crate) struct Timed<IO> {
     /// Set while an HTTP/1 request head is arriving: its deadline, and how
     /// many requests had started when it began.
     head: Option<(Pin<Box<Sleep>>, u64)>,
-    first_read: bool,
+    /// How much of the HTTP/2 preface the first bytes matched; `None` once
+    /// decided.
+    preface: Option<usize>,
+    write_timeout: Duration,
+    /// Set while a write cannot proceed (a client that does not read).
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> Timed<IO> {
-    pub(crate) fn new(io: IO, activity: Arc<Activity>, head_timeout: Duration) -> Timed<IO> {
-        Timed { io, activity, head_timeout, head: None, first_read: true }
+    pub(crate) fn new(io: IO, activity: Arc<Activity>, head_timeout: Duration, write_timeout: Duration) -> Timed<IO> {
+        let preface = (!activity.no_heads.load(Ordering::Acquire)).then_some(0);
+        Timed { io, activity, head_timeout, head: None, preface, write_timeout, write_stall: None }
+    }
+
+    /// Follows the first bytes: only the whole HTTP/2 preface, not a prefix
+    /// of it (a `P` could begin `POST`), makes this an HTTP/2 connection.
+    fn watch_preface(&mut self, read: &[u8]) {
+        let Some(matched) = self.preface else {
+            return;
+        };
+        let expected = &HTTP2_PREFACE[matched..];
+        let n = read.len().min(expected.len());
+        self.preface = if read[..n] != expected[..n] {
+            None
+        } else if matched + n == HTTP2_PREFACE.len() {
+            self.activity.no_heads.store(true, Ordering::Release);
+            self.head = None;
+            None
+        } else {
+            Some(matched + n)
+        };
     }
 }
 
@@ -189,10 +294,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Timed<IO> {
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
         let read = &buf.filled()[before..];
         if matches!(result, Poll::Ready(Ok(()))) && !read.is_empty() {
-            this.activity.touch();
-            if std::mem::take(&mut this.first_read) && read.starts_with(&HTTP2_PREFACE[..read.len().min(14)]) {
-                this.activity.no_heads.store(true, Ordering::Release);
-            }
+            this.activity.touch_io();
             let idle = this.activity.in_flight.load(Ordering::Acquire) == 0;
             if idle && this.head.is_none() && !this.activity.no_heads.load(Ordering::Acquire) {
                 let mut deadline = Box::pin(tokio::time::sleep(this.head_timeout));
@@ -200,15 +302,42 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Timed<IO> {
                 let _ = deadline.as_mut().poll(cx);
                 this.head = Some((deadline, started));
             }
+            if this.preface.is_some() {
+                let read = read.to_vec(); // the first bytes only
+                this.watch_preface(&read);
+            }
         }
         result
     }
 }
 
+impl<IO: AsyncWrite + Unpin> Timed<IO> {
+    /// Ends the connection when a write has made no progress for
+    /// `write_timeout`: a client that stops reading must not hold its slot
+    /// and an upstream connection forever.
+    fn guard_write(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let stall = self.write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.write_stall = None;
+                self.activity.touch_io();
+                ready
+            }
+        }
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Timed<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        self.activity.touch();
-        Pin::new(&mut self.io).poll_write(cx, data)
+        let result = Pin::new(&mut self.io).poll_write(cx, data);
+        self.guard_write(cx, result)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -224,8 +353,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Timed<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.activity.touch();
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -25,6 +25,8 @@ pub(crate) enum Rejection {
     MethodNotAllowed,
     #[error("this route needs a client certificate")]
     ClientCertRequired,
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(u64),
     #[error("the request target is too long")]
     UriTooLong,
     #[error(transparent)]
@@ -41,6 +43,7 @@ impl Rejection {
             Rejection::BadRequest(_) => "bad_request",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::ClientCertRequired => "client_cert_required",
+            Rejection::PayloadTooLarge(_) => "body_too_large",
             Rejection::UriTooLong => "uri_too_long",
             Rejection::Auth(AuthError::Missing) => "missing_token",
             Rejection::Auth(AuthError::Ambiguous) => "ambiguous_credentials",
@@ -68,7 +71,9 @@ impl Rejection {
             Rejection::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Rejection::ClientCertRequired => (StatusCode::FORBIDDEN, "client_cert_required"),
             Rejection::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
-            Rejection::Upstream(UpstreamError::BodyTooLarge(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Rejection::PayloadTooLarge(_) | Rejection::Upstream(UpstreamError::BodyTooLarge(_)) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             Rejection::Upstream(UpstreamError::BodyStalled(_)) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Rejection::Auth(AuthError::Missing | AuthError::UnsupportedScheme) => {
                 return (StatusCode::UNAUTHORIZED, None);

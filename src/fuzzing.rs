@@ -11,6 +11,7 @@ use jsonwebtoken::Algorithm;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::claim_of;
+use crate::forwarded::{Forwarding, is_forwarding, set_forwarded};
 use crate::headers::{IdentityHeaders, claim_header_value, sanitize_request};
 use crate::keys::{self, Freshness, KeySet};
 use crate::path;
@@ -56,9 +57,10 @@ pub fn path(data: &[u8]) {
     assert_eq!(again.as_deref(), Ok(&*canonical), "not idempotent: {text:?}");
 }
 
-/// The header sanitiser: no identity header the gateway manages survives,
-/// in any spelling, nor any hop-by-hop header or one `Connection` names.
-/// Input: lines of `name: value`.
+/// The header sanitiser and the forwarding rebuild: no identity header the
+/// gateway manages survives, nor any name spelt with `_`, a hop-by-hop
+/// header or one `Connection` names; and from an untrusted peer, every
+/// forwarding header is the gateway's. Input: lines of `name: value`.
 pub fn headers(data: &[u8]) {
     let managed = [HeaderName::from_static("x-user-id"), HeaderName::from_static("x-user-roles")];
     let mut headers = HeaderMap::new();
@@ -79,11 +81,25 @@ pub fn headers(data: &[u8]) {
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
     sanitize_request(&mut headers, &IdentityHeaders::new(&managed));
-    for name in headers.keys() {
-        let dashed = name.as_str().replace('_', "-");
-        assert!(!managed.iter().any(|m| m.as_str() == dashed), "{name} survived");
-        assert!(!nominated.iter().any(|n| n == name.as_str()), "{name} was named by Connection");
+    let peer = std::net::IpAddr::from([192, 0, 2, 1]);
+    let forwarding = Forwarding { peer, proto: "https", authority: Some("api.test"), trusted_proxies: &[] };
+    set_forwarded(&mut headers, &forwarding);
+    for (name, value) in &headers {
+        assert!(!managed.contains(name) && !name.as_str().contains('_'), "{name} survived");
+        assert!(!nominated.iter().any(|n| n == name.as_str()) || is_forwarding(name), "{name} was named by Connection");
         assert!(name != http::header::CONNECTION && name != http::header::UPGRADE && name != "keep-alive");
+        let ours = [
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-real-ip", "192.0.2.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.test"),
+        ];
+        if is_forwarding(name) {
+            assert!(
+                ours.contains(&(name.as_str(), value.to_str().unwrap_or_default())),
+                "{name}: {value:?} came from the client"
+            );
+        }
     }
 }
 
@@ -163,7 +179,22 @@ mod tests {
             let path: String = (0..rng.usize(1..12)).map(|_| pieces[rng.usize(..pieces.len())]).collect();
             super::path(path.as_bytes());
         }
-        let names = ["x-user-id", "X_User_Id", "x-user_roles", "connection", "keep-alive", "x-other", "te", "upgrade"];
+        let names = [
+            "x-user-id",
+            "X_User_Id",
+            "x-user_roles",
+            "connection",
+            "keep-alive",
+            "x-other",
+            "te",
+            "upgrade",
+            "x-forwarded-for",
+            "X_Forwarded_For",
+            "x-real-ip",
+            "forwarded",
+            "x-original-url",
+            "x-forwarded-prefix",
+        ];
         for _ in 0..5_000 {
             let lines: Vec<String> = (0..rng.usize(1..8))
                 .map(|_| {

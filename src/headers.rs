@@ -7,13 +7,11 @@
 //! runs first and the identity headers are stripped and injected after it.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
-use std::net::IpAddr;
-
-use ipnet::IpNet;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
+
+use crate::forwarded;
 
 /// Headers that describe one connection, never to be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -28,34 +26,20 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 /// Names the proxy itself manages; a claim may not be injected under them.
 pub(crate) fn is_reserved(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
-        || [
-            header::HOST,
-            header::AUTHORIZATION,
-            header::CONTENT_LENGTH,
-            header::CONTENT_TYPE,
-            header::COOKIE,
-            header::FORWARDED,
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-        ]
-        .contains(name)
+        || forwarded::is_forwarding(name)
+        || [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH, header::CONTENT_TYPE, header::COOKIE]
+            .contains(name)
 }
 
 /// Every header name any route injects: stripped from every request, on
-/// every route, whatever its letter case, copies or `_` spelling.
+/// every route, whatever its letter case or copies (and its `_` spelling,
+/// with every other name that has one).
 #[derive(Debug, Default)]
 pub(crate) struct IdentityHeaders {
     names: Vec<HeaderName>,
-    /// The same names as text, to catch `x_user_id` for `x-user-id`.
-    dashed: HashSet<String>,
 }
 
 impl IdentityHeaders {
@@ -64,7 +48,6 @@ impl IdentityHeaders {
         for name in names {
             if !managed.names.contains(name) {
                 managed.names.push(name.clone());
-                managed.dashed.insert(name.as_str().to_owned());
             }
         }
         managed
@@ -74,25 +57,26 @@ impl IdentityHeaders {
         for name in &self.names {
             headers.remove(name);
         }
-        if self.dashed.is_empty() {
-            return;
-        }
-        let spoofed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().contains('_'))
-            .filter(|name| self.dashed.contains(&name.as_str().replace('_', "-")))
-            .cloned()
-            .collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
     }
 }
 
-/// Removes hop-by-hop headers, then every identity header a client sent.
+/// Removes hop-by-hop headers, then every header spelt with `_`, then
+/// every identity header a client sent.
 pub(crate) fn sanitize_request(headers: &mut HeaderMap, identity: &IdentityHeaders) {
     remove_hop_by_hop(headers);
+    remove_underscored(headers);
     identity.strip(headers);
+}
+
+/// Many upstreams (CGI, WSGI, Rack, PHP) read `X_User_Id` as `X-User-Id`,
+/// so a name with `_` could smuggle any identity, forwarding or path
+/// override header past an exact-name check. As nginx does by default, no
+/// such name is forwarded.
+fn remove_underscored(headers: &mut HeaderMap) {
+    let underscored: Vec<HeaderName> = headers.keys().filter(|name| name.as_str().contains('_')).cloned().collect();
+    for name in underscored {
+        headers.remove(name);
+    }
 }
 
 /// Removes hop-by-hop headers an upstream sent back.
@@ -160,78 +144,6 @@ pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-/// Headers some frameworks read as the path to serve: never from a client.
-const PATH_OVERRIDES: [HeaderName; 2] =
-    [HeaderName::from_static("x-original-url"), HeaderName::from_static("x-rewrite-url")];
-
-/// Who the client is, as the upstream will be told.
-pub(crate) struct Forwarding<'a> {
-    pub(crate) peer: IpAddr,
-    pub(crate) proto: &'static str,
-    /// The validated, normalised authority.
-    pub(crate) authority: Option<&'a str>,
-    pub(crate) trusted_proxies: &'a [IpNet],
-}
-
-/// Rebuilds `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` from the
-/// connection. A client's own are dropped, unless the peer is a trusted
-/// proxy: then its `X-Forwarded-*` stand and the peer is appended to the
-/// `X-Forwarded-For` chain. `Forwarded` and path overrides never pass.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
-    let Forwarding { peer, proto, authority, trusted_proxies } = forwarding;
-    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
-    let from_proxy = trusted(peer);
-    headers.remove(header::FORWARDED);
-    headers.remove(X_REAL_IP);
-    for name in &PATH_OVERRIDES {
-        headers.remove(name);
-    }
-    let mut chain: Vec<String> = Vec::new();
-    if from_proxy {
-        chain = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(|entry| entry.trim().to_owned())
-            .filter(|entry| !entry.is_empty())
-            .collect();
-    } else {
-        let spoofed: Vec<HeaderName> =
-            headers.keys().filter(|name| name.as_str().starts_with("x-forwarded-")).cloned().collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
-    }
-    chain.push(peer.to_string());
-    // the client is the nearest hop that is not one of our proxies
-    let client = chain
-        .iter()
-        .rev()
-        .find(|entry| entry.parse::<IpAddr>().map_or(true, |ip| !trusted(&ip)))
-        .or(chain.first())
-        .cloned()
-        .unwrap_or_default();
-    let mut set = |name: HeaderName, value: &str, keep_existing: bool| {
-        if keep_existing && headers.contains_key(&name) {
-            return;
-        }
-        match HeaderValue::from_str(value) {
-            Ok(value) => drop(headers.insert(name, value)),
-            Err(_) => drop(headers.remove(name)),
-        }
-    };
-    set(X_FORWARDED_FOR, &chain.join(", "), false);
-    set(X_REAL_IP, &client, false);
-    set(X_FORWARDED_PROTO, proto, from_proxy);
-    match authority {
-        Some(authority) => set(X_FORWARDED_HOST, authority, from_proxy),
-        None if !from_proxy => drop(headers.remove(X_FORWARDED_HOST)),
-        None => {}
-    }
-}
-
 /// Removes the configured extra headers.
 pub(crate) fn strip(headers: &mut HeaderMap, names: &[HeaderName]) {
     for name in names {
@@ -276,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn strips_identity_headers_in_every_spelling() {
+    fn strips_identity_headers_and_underscored_names() {
         let identity = IdentityHeaders::new(&[HeaderName::from_static("x-user-id")]);
         let mut headers =
             map(&[("X-User-Id", "a"), ("x-user-id", "b"), ("x_user_id", "c"), ("x-user_id", "d"), ("x-other", "kept")]);
@@ -327,51 +239,5 @@ mod tests {
         join_cookies(&mut headers);
         assert_eq!(headers.get_all("cookie").iter().count(), 1);
         assert_eq!(headers["cookie"], "a=1; b=2; c=3");
-    }
-
-    fn forward(headers: &mut HeaderMap, peer: &str, trusted: &[&str]) {
-        let trusted: Vec<IpNet> = trusted.iter().map(|n| n.parse().unwrap()).collect();
-        let forwarding = Forwarding {
-            peer: peer.parse().unwrap(),
-            proto: "https",
-            authority: Some("api.example.com"),
-            trusted_proxies: &trusted,
-        };
-        set_forwarded(headers, &forwarding);
-    }
-
-    #[test]
-    fn forwarding_headers_from_clients_are_rebuilt() {
-        let mut headers = map(&[
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-proto", "http"),
-            ("x-forwarded-prefix", "/admin"),
-            ("x-real-ip", "10.0.0.1"),
-            ("forwarded", "for=1.2.3.4"),
-            ("x-original-url", "/admin"),
-        ]);
-        forward(&mut headers, "192.0.2.7", &[]);
-        assert_eq!(headers["x-forwarded-for"], "192.0.2.7");
-        assert_eq!(headers["x-real-ip"], "192.0.2.7");
-        assert_eq!(headers["x-forwarded-proto"], "https");
-        assert_eq!(headers["x-forwarded-host"], "api.example.com");
-        for gone in ["x-forwarded-prefix", "forwarded", "x-original-url"] {
-            assert!(headers.get(gone).is_none(), "{gone}");
-        }
-    }
-
-    #[test]
-    fn trusted_proxies_are_appended_to() {
-        let mut headers = map(&[
-            ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
-            ("x-forwarded-for", "10.0.0.3"),
-            ("x-forwarded-proto", "http"),
-            ("x-original-url", "/admin"),
-        ]);
-        forward(&mut headers, "10.0.0.4", &["10.0.0.0/8"]);
-        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 10.0.0.2, 10.0.0.3, 10.0.0.4");
-        assert_eq!(headers["x-real-ip"], "203.0.113.9", "the nearest untrusted hop");
-        assert_eq!(headers["x-forwarded-proto"], "http", "the proxy's word stands");
-        assert!(headers.get("x-original-url").is_none());
     }
 }

@@ -17,6 +17,7 @@ mod connection;
 mod control;
 pub mod dev;
 mod error;
+mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 mod headers;

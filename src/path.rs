@@ -22,6 +22,11 @@ pub(crate) fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path)?;
+    // `..;x` is `..` to Tomcat, Jetty and Spring, which drop `;` parameters
+    if decoded.split('/').any(|segment| segment.contains(';') && matches!(segment.split(';').next(), Some("." | "..")))
+    {
+        return Err("a dot segment with parameters in path");
+    }
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
@@ -42,9 +47,13 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             b'%' => {
                 let byte = bytes
                     .get(i + 1..i + 3)
-                    .and_then(|hex| std::str::from_utf8(hex).ok())
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
                     .ok_or("malformed percent-encoding in path")?;
+                if byte == b'%' && is_refused_escape(bytes.get(i + 3..i + 5)) {
+                    // `%252e`: a dot to an upstream that decodes twice
+                    return Err("a doubly encoded '/', '\\', '.' or NUL in path");
+                }
                 match byte {
                     b'/' | b'\\' | b'.' | 0 => return Err("encoded '/', '\\', '.' or NUL in path"),
                     b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' => {
@@ -63,6 +72,14 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         }
     }
     Ok(out)
+}
+
+/// `2E`, `2F`, `5C` or `00`, in either case: what `%` must not introduce.
+fn is_refused_escape(hex: Option<&[u8]>) -> bool {
+    let Some([high, low]) = hex else {
+        return false;
+    };
+    matches!([*high, low.to_ascii_uppercase()], [b'2', b'E' | b'F'] | [b'5', b'C'] | [b'0', b'0'])
 }
 
 /// Merges repeated slashes and resolves `.` and `..` (never above the root).
@@ -97,7 +114,7 @@ mod tests {
 
     #[test]
     fn leaves_canonical_paths_alone() {
-        for path in ["/", "/a/b", "/a/b/", "/a..b", "/.well-known/x", "/a;b=1/c", "/a%20b", "/ADMIN"] {
+        for path in ["/", "/a/b", "/a/b/", "/a..b", "/.well-known/x", "/a;b=1/c", "/a%20b", "/ADMIN", "/a%2541"] {
             assert_eq!(canonicalize(path).unwrap(), path, "{path}");
         }
         assert!(matches!(canonicalize("/a/b").unwrap(), Cow::Borrowed(_)));

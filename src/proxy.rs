@@ -23,7 +23,8 @@ use crate::body::RequestBody;
 use crate::config::{AuthMode, ClientCertField, RouteConfig, TokenSource, UpstreamProtocol};
 use crate::connection::Upgrades;
 use crate::error::Rejection;
-use crate::headers::{self, Forwarding};
+use crate::forwarded::{self, Forwarding};
+use crate::headers;
 use crate::path;
 use crate::request;
 use crate::route::Route;
@@ -119,7 +120,7 @@ impl Proxy {
             authority: admitted.authority.as_deref(),
             trusted_proxies: &server.trusted_proxies,
         };
-        headers::set_forwarded(request.headers_mut(), &forwarding);
+        forwarded::set_forwarded(request.headers_mut(), &forwarding);
         if websocket {
             headers::restore_websocket_upgrade(request.headers_mut());
         }
@@ -167,9 +168,7 @@ fn admit<'a>(snapshot: &'a Snapshot, request: &Request<Incoming>, tls: bool) -> 
 fn refuse_oversized_body(request: &Request<Incoming>, route: &RouteConfig) -> Result<(), Rejection> {
     let declared = hyper::body::Body::size_hint(request.body()).exact();
     match (route.max_body, declared) {
-        (Some(limit), Some(length)) if length > limit => {
-            Err(Rejection::Upstream(upstream::UpstreamError::BodyTooLarge(limit)))
-        }
+        (Some(limit), Some(length)) if length > limit => Err(Rejection::PayloadTooLarge(limit)),
         _ => Ok(()),
     }
 }

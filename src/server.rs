@@ -9,22 +9,25 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use hyper::service::service_fn;
+use hyper::body::{Body, Incoming};
+use hyper::rt::bounds::Http2ServerConnExec;
+use hyper::rt::{Read, Write};
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, Limits};
-use crate::connection::{Activity, Timed, Tracked, Upgrades};
+use crate::connection::{Activity, Slot, Slots, Timed, Tracked, Upgrades};
 use crate::control::Control;
 use crate::proxy::{Connection, Proxy, SharedProxy};
 use crate::tls::{self, ClientCert};
@@ -45,7 +48,7 @@ pub enum StartError {
 pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
-    connections: Arc<Semaphore>,
+    slots: Arc<Slots>,
     /// Stops the key refresh loops when the gateway is dropped.
     _background: DropGuard,
 }
@@ -54,7 +57,10 @@ pub struct Gateway {
 struct Shared {
     tls: Option<TlsAcceptor>,
     proxy: SharedProxy,
+    /// HTTP/1.1 (with upgrades) or HTTP/2, told apart by the preface.
     http: auto::Builder<TokioExecutor>,
+    /// HTTP/2 only, for connections whose ALPN chose it.
+    http2: auto::Builder<TokioExecutor>,
     limits: Limits,
 }
 
@@ -67,10 +73,11 @@ impl Gateway {
         let background = CancellationToken::new();
         let (_control, state) = Control::start(config, background.clone())?;
         let limits = config.server.limits.clone();
-        let shared = Shared { tls, proxy: Arc::new(Proxy { state }), http: http_builder(&limits), limits };
+        let http = http_builder(&limits);
+        let shared = Shared { tls, proxy: Arc::new(Proxy { state }), http2: http.clone().http2_only(), http, limits };
         Ok(Gateway {
             listener,
-            connections: Arc::new(Semaphore::new(shared.limits.max_connections)),
+            slots: Slots::new(shared.limits.max_connections, shared.limits.max_connections_per_client),
             shared: Arc::new(shared),
             _background: background.drop_guard(),
         })
@@ -85,16 +92,24 @@ impl Gateway {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let tasks = TaskTracker::new();
         let closing = CancellationToken::new();
+        let killing = CancellationToken::new();
+        let mut refused = Refused::default();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                            tracing::warn!(%peer, "max_connections reached: connection closed");
+                        let Some(slot) = self.slots.take(peer.ip()) else {
+                            refused.count(peer);
                             continue;
                         };
-                        let accepted = Accepted { peer, slot: Arc::new(permit), tasks: tasks.clone(), closing: closing.clone() };
+                        let accepted = Accepted {
+                            peer,
+                            slot: Arc::new(slot),
+                            tasks: tasks.clone(),
+                            closing: closing.clone(),
+                            killing: killing.clone(),
+                        };
                         tasks.spawn(serve_connection(stream, accepted, self.shared.clone()));
                     }
                     Err(error) => {
@@ -111,7 +126,9 @@ impl Gateway {
         closing.cancel();
         tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            tracing::warn!(connections = tasks.len(), "connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            killing.cancel();
+            tasks.wait().await;
         }
     }
 }
@@ -136,27 +153,57 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Connections refused for the limits, logged at most once a second.
+#[derive(Default)]
+struct Refused {
+    since_logged: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl Refused {
+    fn count(&mut self, peer: SocketAddr) {
+        self.since_logged += 1;
+        let now = tokio::time::Instant::now();
+        if self.logged_at.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            tracing::warn!(%peer, refused = self.since_logged, "connection limit reached: new connections closed");
+            (self.since_logged, self.logged_at) = (0, Some(now));
+        }
+    }
+}
+
 /// A connection just accepted, and what it answers to.
 struct Accepted {
     peer: SocketAddr,
-    /// Its `max_connections` slot, held by whatever serves it.
-    slot: Arc<OwnedSemaphorePermit>,
+    /// Its place under the connection limits, held by whatever serves it.
+    slot: Arc<Slot>,
     tasks: TaskTracker,
+    /// Finish what is in flight, take nothing new.
     closing: CancellationToken,
+    /// Drop everything now (the shutdown grace is over).
+    killing: CancellationToken,
+}
+
+/// What a connection speaks, as far as TLS has decided it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Plaintext: whichever the client starts with.
+    Either,
 }
 
 async fn serve_connection(stream: TcpStream, accepted: Accepted, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = &shared.tls else {
-        return serve_http(stream, false, None, accepted, &shared).await;
+        return serve_http(stream, Protocol::Either, None, accepted, &shared).await;
     };
     let peer = accepted.peer;
     match tokio::time::timeout(shared.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             let session = stream.get_ref().1;
-            let http2 = session.alpn_protocol() == Some(b"h2");
+            let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
             let client_cert = tls::client_cert(session).map(Arc::new);
-            serve_http(stream, http2, client_cert, accepted, &shared).await
+            serve_http(stream, protocol, client_cert, accepted, &shared).await
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -165,16 +212,27 @@ async fn serve_connection(stream: TcpStream, accepted: Accepted, shared: Arc<Sha
 
 /// Serves HTTP on an established connection until it ends, goes idle for
 /// `idle_timeout`, or the gateway shuts down (then in-flight requests finish).
-async fn serve_http<IO>(io: IO, http2: bool, client_cert: Option<Arc<ClientCert>>, accepted: Accepted, shared: &Shared)
-where
+async fn serve_http<IO>(
+    io: IO,
+    protocol: Protocol,
+    client_cert: Option<Arc<ClientCert>>,
+    accepted: Accepted,
+    shared: &Shared,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Accepted { peer, slot, tasks, closing } = accepted;
-    let activity = Activity::new(http2);
+    let Accepted { peer, slot, tasks, closing, killing } = accepted;
+    let activity = Activity::new(protocol == Protocol::Http2);
     let limits = &shared.limits;
-    let upgrades = Upgrades { tasks, slot, activity: activity.clone(), idle_timeout: limits.idle_timeout };
+    let upgrades = Upgrades {
+        tasks,
+        slot,
+        activity: activity.clone(),
+        idle_timeout: limits.idle_timeout,
+        killing: killing.clone(),
+    };
     let connection = Connection { peer, tls: shared.tls.is_some(), client_cert, upgrades };
-    let io = TokioIo::new(Timed::new(io, activity.clone(), limits.header_read_timeout));
+    let io = TokioIo::new(Timed::new(io, activity.clone(), limits.header_read_timeout, limits.body_timeout));
     let proxy = shared.proxy.clone();
     let requests = activity.clone();
     let service = service_fn(move |request| {
@@ -188,27 +246,88 @@ where
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
-    let served = shared.http.serve_connection_with_upgrades(io, service);
+    // over TLS, ALPN decided: a client that named h2 cannot speak HTTP/1
+    let result = match protocol {
+        Protocol::Http2 => {
+            let served = shared.http2.serve_connection(io, service);
+            drive(served, &activity, limits.idle_timeout, closing, killing).await
+        }
+        Protocol::Http1 | Protocol::Either => {
+            let served = shared.http.serve_connection_with_upgrades(io, service);
+            drive(served, &activity, limits.idle_timeout, closing, killing).await
+        }
+    };
+    if let Some(Err(error)) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A served connection that can be asked to finish gracefully: hyper's
+/// HTTP/2-only and auto-detecting connections are different types.
+trait Served: Future<Output = Result<(), BoxError>> {
+    fn finish(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Served for auto::Connection<'_, I, S, TokioExecutor>
+where
+    Self: Future<Output = Result<(), BoxError>>,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    I: Read + Write + Unpin + 'static,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Served for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    Self: Future<Output = Result<(), BoxError>>,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    I: Read + Write + Unpin + Send + 'static,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection until it ends, finishing it gracefully when it goes
+/// idle or the gateway shuts down, and dropping it when the grace is over
+/// (`None`).
+async fn drive<C: Served>(
+    served: C,
+    activity: &Activity,
+    idle_timeout: Duration,
+    closing: CancellationToken,
+    killing: CancellationToken,
+) -> Option<Result<(), BoxError>> {
     tokio::pin!(served);
-    let mut idle_check = tokio::time::interval(limits.idle_timeout / 4);
-    let mut closing_down = false;
-    let result = loop {
+    let mut idle_check = tokio::time::interval(idle_timeout / 4);
+    let mut finishing = false;
+    loop {
         tokio::select! {
-            result = served.as_mut() => break result,
-            () = closing.cancelled(), if !closing_down => {
-                closing_down = true;
-                served.as_mut().graceful_shutdown();
+            result = served.as_mut() => return Some(result),
+            () = killing.cancelled() => return None,
+            () = closing.cancelled(), if !finishing => {
+                finishing = true;
+                served.as_mut().finish();
             }
-            _ = idle_check.tick(), if !closing_down => {
-                if activity.idle_for(limits.idle_timeout) {
-                    closing_down = true;
-                    served.as_mut().graceful_shutdown();
+            _ = idle_check.tick(), if !finishing => {
+                if activity.idle_for(idle_timeout) {
+                    finishing = true;
+                    served.as_mut().finish();
                 }
             }
         }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }
 

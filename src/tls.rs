@@ -133,23 +133,93 @@ pub(crate) fn client_cert(connection: &rustls::ServerConnection) -> Option<Clien
         .unwrap_or_default();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     Some(ClientCert {
-        subject: cert.subject().to_string(),
+        subject: rfc4514(cert.subject()),
         sans: sans.join(","),
         sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
     })
 }
 
+/// A distinguished name as RFC 4514 writes it, most specific first, with
+/// its special characters escaped, so a CA that signs any name a client
+/// asks for cannot make one attribute look like two.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let escape = |value: &str| {
+        let mut out = String::with_capacity(value.len());
+        let last = value.chars().count().saturating_sub(1);
+        for (i, c) in value.chars().enumerate() {
+            let edge = (i == 0 && (c == ' ' || c == '#')) || (i == last && c == ' ');
+            if edge || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    };
+    // the short names RFC 4514 §3 lists; other attributes by dotted OID
+    let registry = x509_parser::objects::oid_registry();
+    let label = |oid: &x509_parser::der_parser::oid::Oid<'_>| {
+        let short = match registry.get(oid).map(|entry| entry.sn()) {
+            Some("commonName") => "CN",
+            Some("localityName") => "L",
+            Some("stateOrProvinceName") => "ST",
+            Some("organizationName") => "O",
+            Some("organizationalUnitName") => "OU",
+            Some("countryName") => "C",
+            Some("streetAddress") => "STREET",
+            Some("domainComponent") => "DC",
+            Some("userId") => "UID",
+            _ => return oid.to_id_string(),
+        };
+        short.to_owned()
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for rdn in name.iter() {
+        let attributes: Vec<String> = rdn
+            .iter()
+            .map(|attribute| {
+                let label = label(attribute.attr_type());
+                let hex = || attribute.attr_value().data.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                let value = attribute.as_str().map_or_else(|_| format!("#{}", hex()), escape);
+                format!("{label}={value}")
+            })
+            .collect();
+        parts.push(attributes.join("+"));
+    }
+    parts.reverse();
+    parts.join(",")
+}
+
+/// One SAN, typed; commas in a URI are percent-encoded so the list splits
+/// on `,` unambiguously (DNS names and addresses cannot hold one).
 fn general_name(name: &x509_parser::extensions::GeneralName<'_>) -> Option<String> {
     use x509_parser::extensions::GeneralName;
     match name {
-        GeneralName::DNSName(dns) => Some(format!("DNS:{dns}")),
-        GeneralName::URI(uri) => Some(format!("URI:{uri}")),
-        GeneralName::RFC822Name(email) => Some(format!("email:{email}")),
+        GeneralName::DNSName(dns) if !dns.contains(',') => Some(format!("DNS:{dns}")),
+        GeneralName::URI(uri) => Some(format!("URI:{}", uri.replace(',', "%2C"))),
+        GeneralName::RFC822Name(email) if !email.contains(',') => Some(format!("email:{email}")),
         GeneralName::IPAddress(bytes) => match bytes.len() {
             4 => Some(format!("IP:{}", std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).ok()?))),
             16 => Some(format!("IP:{}", std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).ok()?))),
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_escaped_as_rfc_4514_says() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Org");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "evil, O=admin+x");
+        let cert = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        let subject = rfc4514(parsed.subject());
+        assert!(subject.contains(r"CN=evil\, O\=admin\+x"), "{subject}");
+        assert!(subject.contains("O=Org"), "{subject}");
+        assert_eq!(subject.matches(',').count() - subject.matches(r"\,").count(), 1, "{subject}");
     }
 }

@@ -1,8 +1,9 @@
 //! The pooled client that carries requests to upstreams.
 //!
 //! One client per kind of upstream (its CA and protocol), shared by every
-//! route of that kind, so connections are reused across requests and routes. Bodies are streamed through in both directions:
-//! the request body is the client's, streamed through `RequestBody`.
+//! route of that kind, so connections are reused across requests and
+//! routes. Bodies stream through in both directions; the request body goes
+//! through `RequestBody`, which enforces the route's limits.
 
 use std::path::Path;
 use std::time::Duration;

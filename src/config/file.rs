@@ -47,6 +47,7 @@ pub(crate) struct ServerFile {
     #[serde(default, with = "humantime_serde")]
     pub(crate) tls_handshake_timeout: Option<Duration>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connections_per_client: Option<usize>,
     pub(crate) max_concurrent_streams: Option<u32>,
 }
 

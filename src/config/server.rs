@@ -96,6 +96,10 @@ fn limits(file: &ServerFile) -> Result<Limits, Invalid> {
         body_timeout: timeout("body_timeout", file.body_timeout, seconds(30))?,
         tls_handshake_timeout: timeout("tls_handshake_timeout", file.tls_handshake_timeout, seconds(10))?,
         max_connections: count("max_connections", file.max_connections, 10_000)?,
+        max_connections_per_client: match file.max_connections_per_client {
+            Some(n) => Some(count("max_connections_per_client", Some(n), n)?),
+            None => None,
+        },
         max_concurrent_streams: count("max_concurrent_streams", file.max_concurrent_streams.map(|n| n as usize), 100)?
             as u32,
     })

@@ -416,3 +416,192 @@ async fn http2_requests_get_the_same_rules() {
     assert_eq!(seen["headers"]["x-forwarded-for"], json!("127.0.0.1"));
     assert_eq!(stack.echo.requests(), 2);
 }
+
+#[tokio::test]
+async fn underscored_names_never_pass() {
+    let stack = stack().await;
+    let host = stack.host();
+    let request = format!(
+        "GET /public HTTP/1.1\r\n{host}\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX_Original_URL: /orders\r\nX_Forwarded_Host: evil\r\nX_Custom: 1\r\nConnection: close\r\n\r\n"
+    );
+    let raw = stack.raw_bytes(request.as_bytes()).await;
+    assert_eq!(status(&raw), 200, "{raw:?}");
+    let seen = body(&raw)["headers"].clone();
+    let underscored: Vec<&String> = seen.as_object().unwrap().keys().filter(|name| name.contains('_')).collect();
+    assert!(underscored.is_empty(), "{underscored:?}");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn dot_segments_with_parameters_are_refused() {
+    let stack = stack().await;
+    for path in ["/public/..;/orders", "/public/.;x/orders", "/public/%252e%252e/orders", "/public%252forders"] {
+        assert_eq!(stack.get(path, &[]).await.status, 400, "{path}");
+    }
+    assert_eq!(stack.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_head_that_looks_like_http2_at_first_is_still_timed() {
+    let stack = impatient("20s").await;
+    // "P" and "PRI * HTTP/2" begin the HTTP/2 preface, and "POST" too
+    for start in ["P", "PRI * HTTP/2"] {
+        let mut slow = stack.connect().await;
+        let started = Instant::now();
+        slow.write_all(start.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(8), slow.read_to_end(&mut rest)).await;
+        assert!(started.elapsed() < Duration::from_secs(4), "{start:?} was allowed {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn http1_after_alpn_h2_is_refused() {
+    let stack = stack().await;
+    let mut config = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            use rustls::pki_types::pem::PemObject;
+            roots.add(rustls::pki_types::CertificateDer::from_pem_file(&stack.cert).unwrap()).unwrap();
+            roots
+        })
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let request = format!("GET /public HTTP/1.1\r\n{}\r\nConnection: close\r\n\r\n", stack.host());
+    let _ = tls.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"), "HTTP/1 served after ALPN chose h2");
+    assert_eq!(stack.echo.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    // an upstream that streams without end; the client never reads
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let routes =
+        format!("[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"http://{upstream}\"\nauth = \"public\"\n");
+    let server = "body_timeout = \"1s\"\n".to_owned();
+    let stack = Stack::with(Options { server, ..Options::routes(&routes) }).await;
+    let mut client = stack.connect().await;
+    client.write_all(format!("GET /stream HTTP/1.1\r\n{}\r\n\r\n", stack.host()).as_bytes()).await.unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(10), closed.recv()).await;
+    assert!(gone.is_ok(), "the upstream connection is still held for a client that does not read");
+}
+
+#[tokio::test]
+async fn http2_connections_idle_out_despite_pings() {
+    let stack = impatient("2s").await;
+    let mut config = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            use rustls::pki_types::pem::PemObject;
+            roots.add(rustls::pki_types::CertificateDer::from_pem_file(&stack.cert).unwrap()).unwrap();
+            roots
+        })
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let (_client, mut connection) = h2::client::handshake(tls).await.unwrap();
+    let mut ping = connection.ping_pong().unwrap();
+    let pinging = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if ping.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+        }
+    };
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        tokio::select! {
+            _ = connection => {}
+            () = pinging => {}
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "PINGs kept an idle HTTP/2 connection open");
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+}
+
+#[tokio::test]
+async fn a_bare_upgrade_header_never_passes() {
+    let stack = stack().await;
+    let reply = stack.get("/public", &[("upgrade", "websocket"), ("x-kept", "1")]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.upstream_header("upgrade"), None);
+    assert_eq!(reply.upstream_header("x-kept"), Some(json!("1")));
+}
+
+#[tokio::test]
+async fn trailers_never_reach_an_http2_upstream() {
+    let routes = "[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"{upstream}\"\nauth = \"public\"\nupstream_protocol = \"http2\"\n";
+    let stack = Stack::with(Options::routes(routes)).await;
+    let request = format!(
+        "POST /x HTTP/1.1\r\n{}\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: forged\r\n\r\n",
+        stack.host()
+    );
+    let raw = stack.raw_bytes(request.as_bytes()).await;
+    assert_eq!(status(&raw), 200, "{raw:?}");
+    assert_eq!(body(&raw)["version"], "HTTP/2.0");
+    assert_eq!(body(&raw)["body_bytes"], 5);
+    assert_eq!(body(&raw)["trailers"], Value::Null, "trailers reached the upstream");
+}
+
+#[tokio::test]
+async fn a_silent_tls_handshake_is_dropped() {
+    let options = Options { server: "tls_handshake_timeout = \"1s\"\n".into(), ..Options::default() };
+    let stack = Stack::with(options).await;
+    let mut silent = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(6), silent.read(&mut buffer)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection stayed open: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "dropped after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn http2_stream_limits_are_announced() {
+    let options = Options { server: "max_concurrent_streams = 7\n".into(), ..Options::default() };
+    let stack = Stack::with(options).await;
+    let client = crate::support::h2_connect(&stack).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client.send_request(http::Request::get(stack.url("/public")).body(()).unwrap(), true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(client.current_max_send_streams(), 7);
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let options = Options { server: "max_connections_per_client = 2\n".into(), ..Options::default() };
+    let stack = Stack::with(options).await;
+    let _first = stack.connect().await;
+    let _second = stack.connect().await;
+    let tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    assert!(crate::support::tls_connect(&stack.cert, tcp).await.is_err(), "a third connection from one address");
+}

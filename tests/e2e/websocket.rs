@@ -66,7 +66,9 @@ auth = "public"
     Options::routes(&routes)
 }
 
-async fn open(stack: &Stack, path: &str, token: Option<&str>) -> Result<impl StreamExt + SinkExt<Message>, String> {
+type Socket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+async fn open(stack: &Stack, path: &str, token: Option<&str>) -> Result<Socket, String> {
     let mut request = format!("wss://localhost:{}{path}", stack.addr.port()).into_client_request().unwrap();
     if let Some(token) = token {
         request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -108,10 +110,10 @@ async fn a_websocket_with_a_valid_token_echoes_through_the_gateway() {
 async fn a_websocket_without_a_valid_token_never_reaches_the_upstream() {
     let (upstream, handshakes, _) = echo_server().await;
     let stack = Stack::with(routes(upstream)).await;
-    let missing = open(&stack, "/live", None).await.err().expect("refused");
+    let missing = open(&stack, "/live", None).await.expect_err("refused");
     assert!(missing.contains("401"), "{missing}");
     let expired = stack.token(json!({"exp": portcullis::dev::now() - 3600}));
-    let refused = open(&stack, "/live", Some(&expired)).await.err().expect("refused");
+    let refused = open(&stack, "/live", Some(&expired)).await.expect_err("refused");
     assert!(refused.contains("401"), "{refused}");
     assert_eq!(handshakes.load(Ordering::SeqCst), 0);
 }
@@ -137,8 +139,27 @@ async fn websockets_hold_their_connection_slot_and_close_when_idle() {
     assert!(support::tls_connect(&stack.cert, tcp).await.is_err(), "an open WebSocket gave its slot away");
 
     // no traffic for idle_timeout: the gateway closes it
-    let mut socket = Box::pin(socket);
+    let mut socket = socket;
     let ended =
         tokio::time::timeout(std::time::Duration::from_secs(6), async { while socket.next().await.is_some() {} }).await;
     assert!(ended.is_ok(), "an idle WebSocket stayed open");
+}
+
+#[tokio::test]
+async fn a_websocket_outlives_the_head_timeout_while_in_use() {
+    let (upstream, _, _) = echo_server().await;
+    let server = "header_read_timeout = \"1s\"\nidle_timeout = \"20s\"\n".to_owned();
+    let stack = Stack::with(Options { server, ..routes(upstream) }).await;
+    let token = stack.token(json!({}));
+    let socket = open(&stack, "/live", Some(&token)).await.expect("the upgrade succeeds");
+    let (mut sink, mut stream) = socket.split();
+    // messages for three times the head timeout: frames are not request heads
+    for i in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let text = format!("message {i}");
+        assert!(sink.send(Message::text(text.clone())).await.is_ok(), "closed before {text}");
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await;
+        let echoed = echoed.ok().flatten().and_then(|m| m.ok()).map(|m| m.into_text().unwrap().to_string());
+        assert_eq!(echoed.as_deref(), Some(text.as_str()));
+    }
 }
