@@ -50,10 +50,6 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                     .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
                     .ok_or("malformed percent-encoding in path")?;
-                if byte == b'%' && is_refused_escape(bytes.get(i + 3..i + 5)) {
-                    // `%252e`: a dot to an upstream that decodes twice
-                    return Err("a doubly encoded '/', '\\', '.' or NUL in path");
-                }
                 match byte {
                     b'/' | b'\\' | b'.' | 0 => return Err("encoded '/', '\\', '.' or NUL in path"),
                     b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'~' => {
@@ -70,6 +66,12 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
                 i = end;
             }
         }
+    }
+    // `%252e` is a dot to an upstream that decodes twice; checked on the
+    // result, as decoding can complete one (`%252%65`)
+    let doubly = out.as_bytes().windows(5).any(|w| w.starts_with(b"%25") && is_refused_escape(Some(&w[3..])));
+    if doubly {
+        return Err("a doubly encoded '/', '\\', '.' or NUL in path");
     }
     Ok(out)
 }
