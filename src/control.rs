@@ -30,6 +30,7 @@ const LOCAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub(crate) struct Control {
     state: SharedState,
+    /// Every provider's `retired` token is a child of this one.
     shutdown: CancellationToken,
 }
 
@@ -39,32 +40,102 @@ enum Start {
     Local(Fingerprint),
 }
 
+/// A provider new to the config, with its first keys and how its loop starts.
+struct Fresh {
+    provider: Arc<Provider>,
+    keys: Arc<KeySet>,
+    start: Start,
+}
+
+/// What a reload did with the providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Unchanged: carried over with their keys and loops.
+    pub(crate) kept: usize,
+    pub(crate) added: usize,
+    pub(crate) retired: usize,
+}
+
 impl Control {
     /// Publishes the first snapshot (local keys loaded, remote ones from
     /// `cache_dir` where they are still usable) and starts the key loops.
-    pub(crate) fn start(config: &Config, shutdown: CancellationToken) -> Result<(Control, SharedState), ConfigError> {
-        let compiled = Arc::new(Compiled::new(config)?);
-        let mut keys = Vec::new();
-        let mut starts = Vec::new();
-        for (index, provider) in compiled.providers.iter().enumerate() {
-            let (set, start) = first_keys(config, index, provider)?;
-            keys.push(Arc::new(set));
-            starts.push(start);
-        }
-        let state: SharedState = Arc::new(ArcSwap::from_pointee(Snapshot { config: compiled.clone(), keys }));
+    pub(crate) fn start(
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+    ) -> Result<(Control, SharedState), ConfigError> {
+        let fresh: Vec<Fresh> = (0..config.providers.len())
+            .map(|index| fresh_provider(&config, index, &shutdown))
+            .collect::<Result<_, _>>()?;
+        let providers = fresh.iter().map(|f| f.provider.clone()).collect();
+        let compiled = Arc::new(Compiled::new(config, providers, None)?);
+        let keys = fresh.iter().map(|f| f.keys.clone()).collect();
+        let state: SharedState = Arc::new(ArcSwap::from_pointee(Snapshot { config: compiled, keys }));
         let control = Control { state: state.clone(), shutdown };
-        for (index, start) in starts.into_iter().enumerate() {
-            let control = control.clone();
-            match start {
-                Start::Remote(fetcher) => tokio::spawn(control.remote_loop(compiled.clone(), index, *fetcher)),
-                Start::Local(fingerprint) => tokio::spawn(control.local_loop(compiled.clone(), index, fingerprint)),
-            };
-        }
+        control.spawn_loops(fresh);
         Ok((control, state))
     }
 
-    async fn remote_loop(self, config: Arc<Compiled>, index: usize, mut fetcher: Fetcher) {
-        let provider = &config.providers[index];
+    /// Swaps in `config`, compiled, in one step. Providers whose config is
+    /// unchanged keep their keys and loops; new ones load theirs first;
+    /// dropped ones stop. On error nothing changes. Callers serialise
+    /// reloads.
+    pub(crate) fn reload(&self, config: Arc<Config>) -> Result<Applied, ConfigError> {
+        let current = self.state.load_full();
+        let mut fresh = Vec::new();
+        let mut providers = Vec::new();
+        for (index, wanted) in config.providers.iter().enumerate() {
+            match current.config.providers.iter().find(|p| p.config == *wanted) {
+                Some(kept) => providers.push(kept.clone()),
+                None => {
+                    let new = fresh_provider(&config, index, &self.shutdown)?;
+                    providers.push(new.provider.clone());
+                    fresh.push(new);
+                }
+            }
+        }
+        let compiled = Arc::new(Compiled::new(config, providers, Some(&current.config.routes))?);
+        self.state.rcu(|now| {
+            let keys = compiled.providers.iter().map(|provider| match now.position_of(provider) {
+                Some(index) => now.keys[index].clone(),
+                None => fresh
+                    .iter()
+                    .find(|f| Arc::ptr_eq(&f.provider, provider))
+                    .map(|f| f.keys.clone())
+                    .unwrap_or_default(),
+            });
+            Snapshot { config: compiled.clone(), keys: keys.collect() }
+        });
+        let retired: Vec<&Arc<Provider>> = current
+            .config
+            .providers
+            .iter()
+            .filter(|old| !compiled.providers.iter().any(|p| Arc::ptr_eq(p, old)))
+            .collect();
+        for provider in &retired {
+            provider.retired.cancel();
+        }
+        let applied =
+            Applied { kept: compiled.providers.len() - fresh.len(), added: fresh.len(), retired: retired.len() };
+        self.spawn_loops(fresh);
+        Ok(applied)
+    }
+
+    /// The live snapshot, for readers outside the request path.
+    pub(crate) fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    fn spawn_loops(&self, fresh: Vec<Fresh>) {
+        for Fresh { provider, start, .. } in fresh {
+            let control = self.clone();
+            match start {
+                Start::Remote(fetcher) => tokio::spawn(control.remote_loop(provider, *fetcher)),
+                Start::Local(fingerprint) => tokio::spawn(control.local_loop(provider, fingerprint)),
+            };
+        }
+    }
+
+    async fn remote_loop(self, provider: Arc<Provider>, mut fetcher: Fetcher) {
         let KeySource::Remote(remote) = &provider.config.source else {
             return;
         };
@@ -72,13 +143,13 @@ impl Control {
         let mut failures = 0u32;
         let mut early = None;
         loop {
-            let outcome = fetch(&mut fetcher, provider, remote).await;
+            let outcome = fetch(&mut fetcher, &provider, remote).await;
             let ok = outcome.is_ok();
             let delay = match outcome {
                 Ok((keys, lifetime)) => {
                     failures = 0;
                     tracing::info!(provider = %name, keys = keys.len(), kids = ?keys.kids(), fresh_for = ?lifetime, "keys refreshed");
-                    self.publish_keys(&config, index, keys);
+                    self.publish_keys(&provider, keys);
                     lifetime.mul_f64(0.9)
                 }
                 Err(error) => {
@@ -92,24 +163,23 @@ impl Control {
                 }
             };
             provider.refetch.completed(early, ok);
-            match self.wait(provider, delay).await {
+            match wait(&provider, delay).await {
                 Some(next) => early = next,
                 None => return,
             }
         }
     }
 
-    async fn local_loop(self, config: Arc<Compiled>, index: usize, mut fingerprint: Fingerprint) {
-        let provider = &config.providers[index];
+    async fn local_loop(self, provider: Arc<Provider>, mut fingerprint: Fingerprint) {
         let name = &provider.config.name;
-        while let Some(early) = self.wait(provider, LOCAL_CHECK_INTERVAL).await {
+        while let Some(early) = wait(&provider, LOCAL_CHECK_INTERVAL).await {
             let loaded = keys::load_local(&provider.config.source, &provider.config.algorithms);
             let ok = loaded.is_ok();
             match loaded {
                 Ok((keys, latest)) if latest != fingerprint => {
                     fingerprint = latest;
                     tracing::info!(provider = %name, keys = keys.len(), kids = ?keys.kids(), "keys reloaded");
-                    self.publish_keys(&config, index, keys);
+                    self.publish_keys(&provider, keys);
                 }
                 Ok(_) => {}
                 Err(error) => {
@@ -120,28 +190,29 @@ impl Control {
         }
     }
 
-    /// Sleeps `delay` or until an early fetch is asked for. `None`: shut
-    /// down; `Some(early)`: the `asked_at` the next load serves, if any.
-    async fn wait(&self, provider: &Provider, delay: Duration) -> Option<Option<u64>> {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Some(None),
-            asked = provider.refetch.asked() => Some(Some(asked)),
-            _ = self.shutdown.cancelled() => None,
-        }
-    }
-
-    /// Swaps in a snapshot with provider `index`'s new keys, unless the
-    /// config it belongs to has been replaced meanwhile.
-    fn publish_keys(&self, config: &Arc<Compiled>, index: usize, keys: KeySet) {
+    /// Swaps in a snapshot with `provider`'s new keys, unless a reload has
+    /// dropped it meanwhile.
+    fn publish_keys(&self, provider: &Arc<Provider>, keys: KeySet) {
         let keys = Arc::new(keys);
         self.state.rcu(|current| {
-            if !Arc::ptr_eq(&current.config, config) {
+            let Some(index) = current.position_of(provider) else {
                 return current.clone();
-            }
+            };
             let mut all = current.keys.clone();
             all[index] = keys.clone();
             Arc::new(Snapshot { config: current.config.clone(), keys: all })
         });
+    }
+}
+
+/// Sleeps `delay` or until an early fetch is asked for. `None`: the
+/// provider is retired (or the gateway stopped); `Some(early)`: the
+/// `asked_at` the next load serves, if any.
+async fn wait(provider: &Provider, delay: Duration) -> Option<Option<u64>> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Some(None),
+        asked = provider.refetch.asked() => Some(Some(asked)),
+        _ = provider.retired.cancelled() => None,
     }
 }
 
@@ -161,6 +232,13 @@ async fn fetch(fetcher: &mut Fetcher, provider: &Provider, remote: &RemoteKeys) 
         }
     }
     Ok((keys, fetched.lifetime))
+}
+
+/// `config.providers[index]`, made afresh with its first keys.
+fn fresh_provider(config: &Config, index: usize, shutdown: &CancellationToken) -> Result<Fresh, ConfigError> {
+    let provider = Arc::new(Provider::new(&config.providers[index], shutdown.child_token()));
+    let (keys, start) = first_keys(config, index, &provider)?;
+    Ok(Fresh { provider, keys: Arc::new(keys), start })
 }
 
 /// The key set a provider starts with, and how its loop starts.
@@ -203,11 +281,11 @@ fn cache_source(remote: &RemoteKeys) -> String {
 
 /// Everything `start` would load, without starting: what `check` runs.
 pub(crate) fn preflight(config: &Config) -> Result<(), ConfigError> {
-    let compiled = Compiled::new(config)?;
-    for (index, provider) in compiled.providers.iter().enumerate() {
-        first_keys(config, index, provider)?;
-    }
-    Ok(())
+    let shutdown = CancellationToken::new();
+    let fresh: Vec<Fresh> =
+        (0..config.providers.len()).map(|index| fresh_provider(config, index, &shutdown)).collect::<Result<_, _>>()?;
+    let providers = fresh.into_iter().map(|f| f.provider).collect();
+    Compiled::new(Arc::new(config.clone()), providers, None).map(drop)
 }
 
 /// 1 s, 2 s, 4 s, ... capped at 5 minutes.

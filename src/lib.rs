@@ -25,6 +25,7 @@ mod keys;
 mod path;
 mod proxy;
 mod refetch;
+mod reload;
 mod request;
 mod route;
 mod server;
@@ -34,6 +35,7 @@ mod token;
 mod upstream;
 
 pub use config::{Config, ConfigError};
+pub use reload::Reloader;
 pub use server::{Gateway, StartError};
 
 /// Loads everything `Gateway::bind` would (TLS files included) without

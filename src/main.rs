@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis::{Config, Gateway};
+use portcullis::{Config, Gateway, Reloader};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -82,6 +82,7 @@ async fn run(path: &Path) -> ExitCode {
         Err(error) => return fail(error.to_string()),
     };
     tracing::info!(addr = %gateway.local_addr(), config = %config.origin, routes = config.routes.len(), "listening");
+    reload_on_hangup(gateway.reloader());
     gateway.serve(shutdown_signal()).await;
     ExitCode::SUCCESS
 }
@@ -89,6 +90,25 @@ async fn run(path: &Path) -> ExitCode {
 fn fail(message: String) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
+}
+
+/// `SIGHUP` re-reads the config file (errors are logged by the reloader).
+fn reload_on_hangup(reloader: Reloader) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return tracing::warn!("cannot listen for SIGHUP: reload by editing the config file");
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = reloader.reload().await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Ctrl-C or SIGTERM.

@@ -61,13 +61,11 @@ pub(crate) async fn keys_for(snapshot: &Snapshot, index: usize, kid: Option<&str
     if keys.find(kid).is_some() {
         return keys.clone();
     }
-    let refetch = &snapshot.config.providers[index].refetch;
+    let provider = &snapshot.config.providers[index];
+    let refetch = &provider.refetch;
     let latest = || {
         let current = state.load();
-        match Arc::ptr_eq(&current.config, &snapshot.config) {
-            true => current.keys[index].clone(),
-            false => keys.clone(),
-        }
+        current.position_of(provider).map_or_else(|| keys.clone(), |at| current.keys[at].clone())
     };
     let wait = match (keys.is_loaded(), kid) {
         (false, _) => refetch.first_load(),

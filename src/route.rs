@@ -35,10 +35,17 @@ impl Deref for Route {
 
 impl RouteTable {
     /// `routes` must already be in match order, as `Config` keeps them.
-    /// Routes with the same upstream CA and protocol share one client.
+    /// Routes with the same upstream CA and protocol share one client, and
+    /// those that trust the system's roots keep `previous`'s (and its
+    /// pooled connections); a CA file is read afresh, as it may have changed.
     /// Fails with the file index of a route whose CA file cannot be used.
-    pub(crate) fn new(routes: Vec<RouteConfig>) -> Result<RouteTable, (usize, String)> {
-        let mut clients: HashMap<(Option<PathBuf>, UpstreamProtocol), Arc<UpstreamClient>> = HashMap::new();
+    pub(crate) fn new(routes: Vec<RouteConfig>, previous: Option<&RouteTable>) -> Result<RouteTable, (usize, String)> {
+        let mut clients: HashMap<(Option<PathBuf>, UpstreamProtocol), Arc<UpstreamClient>> = previous
+            .into_iter()
+            .flat_map(|table| &table.routes)
+            .filter(|route| route.upstream_ca_file.is_none())
+            .map(|route| ((None, route.upstream_protocol), route.client.clone()))
+            .collect();
         let mut table = Vec::with_capacity(routes.len());
         for config in routes {
             let kind = (config.upstream_ca_file.clone(), config.upstream_protocol);
@@ -84,7 +91,7 @@ mod tests {
         let text = format!(
             "[[providers]]\nname = \"p\"\nissuer = \"i\"\njwks_url = \"http://127.0.0.1/j\"\naudiences = [\"a\"]\n{routes}"
         );
-        RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes).unwrap()
+        RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes, None).unwrap()
     }
 
     fn name<'a>(table: &'a RouteTable, host: Option<&str>, path: &str, method: Method) -> Option<&'a str> {

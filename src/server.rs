@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::StatusCode;
 use hyper::body::{Body, Incoming};
 use hyper::rt::bounds::Http2ServerConnExec;
@@ -30,9 +31,9 @@ use crate::config::{Config, ConfigError, Limits};
 use crate::connection::{Activity, Slot, Slots, Timed, Tracked, Upgrades};
 use crate::control::Control;
 use crate::proxy::{Connection, Proxy, SharedProxy};
+use crate::reload::Reloader;
 use crate::tls::{self, ClientCert};
 
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Reset streams an HTTP/2 client may cause before it is cut off.
 const MAX_PENDING_RESETS: usize = 20;
 
@@ -49,14 +50,22 @@ pub struct Gateway {
     listener: TcpListener,
     shared: Arc<Shared>,
     slots: Arc<Slots>,
-    /// Stops the key refresh loops when the gateway is dropped.
+    reloader: Reloader,
+    /// Stops the key refresh loops and the file watcher when the gateway is dropped.
+    background: CancellationToken,
     _background: DropGuard,
 }
 
 /// What every connection task needs.
 struct Shared {
-    tls: Option<TlsAcceptor>,
+    /// Replaced by reloads; a connection keeps the one it was accepted with.
+    serving: Arc<ArcSwap<Serving>>,
     proxy: SharedProxy,
+}
+
+/// How new connections are served: TLS and the HTTP settings.
+pub(crate) struct Serving {
+    tls: Option<TlsAcceptor>,
     /// HTTP/1.1 (with upgrades) or HTTP/2, told apart by the preface.
     http: auto::Builder<TokioExecutor>,
     /// HTTP/2 only, for connections whose ALPN chose it.
@@ -64,21 +73,32 @@ struct Shared {
     limits: Limits,
 }
 
+impl Serving {
+    /// Loads every TLS file `config` names.
+    pub(crate) fn new(config: &Config) -> Result<Serving, ConfigError> {
+        let tls = tls::server_config(config)?.map(TlsAcceptor::from);
+        let limits = config.server.limits.clone();
+        let http = http_builder(&limits);
+        Ok(Serving { tls, http2: http.clone().http2_only(), http, limits })
+    }
+}
+
 impl Gateway {
     /// Loads TLS material, binds the listener and starts fetching keys.
     pub async fn bind(config: &Config) -> Result<Gateway, StartError> {
-        let tls = tls::server_config(config)?.map(TlsAcceptor::from);
+        let serving = Arc::new(ArcSwap::from_pointee(Serving::new(config)?));
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
         let background = CancellationToken::new();
-        let (_control, state) = Control::start(config, background.clone())?;
-        let limits = config.server.limits.clone();
-        let http = http_builder(&limits);
-        let shared = Shared { tls, proxy: Arc::new(Proxy { state }), http2: http.clone().http2_only(), http, limits };
+        let (control, state) = Control::start(Arc::new(config.clone()), background.clone())?;
+        let reloader = Reloader::new(config, control, serving.clone());
+        let limits = &config.server.limits;
         Ok(Gateway {
             listener,
-            slots: Slots::new(shared.limits.max_connections, shared.limits.max_connections_per_client),
-            shared: Arc::new(shared),
+            slots: Slots::new(limits.max_connections, limits.max_connections_per_client),
+            shared: Arc::new(Shared { serving, proxy: Arc::new(Proxy { state }) }),
+            reloader,
+            background: background.clone(),
             _background: background.drop_guard(),
         })
     }
@@ -87,9 +107,16 @@ impl Gateway {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Reloads the config on demand (`SIGHUP`); it also watches its files
+    /// while serving.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets
-    /// in-flight requests finish (up to 30 s).
+    /// in-flight requests finish (up to `server.shutdown_timeout`).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        tokio::spawn(self.reloader.clone().watch(self.background.clone()));
         let tasks = TaskTracker::new();
         let closing = CancellationToken::new();
         let killing = CancellationToken::new();
@@ -122,11 +149,12 @@ impl Gateway {
             }
         }
         drop(self.listener);
+        let grace = self.shared.proxy.state.load().config.server.lifecycle.shutdown_timeout;
         tracing::info!(connections = tasks.len(), "shutting down: draining connections");
         closing.cancel();
         tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-            tracing::warn!(connections = tasks.len(), "connections still open after {SHUTDOWN_GRACE:?}; closing them");
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(connections = tasks.len(), "connections still open after {grace:?}; closing them");
             killing.cancel();
             tasks.wait().await;
         }
@@ -194,16 +222,18 @@ enum Protocol {
 
 async fn serve_connection(stream: TcpStream, accepted: Accepted, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let Some(acceptor) = &shared.tls else {
-        return serve_http(stream, Protocol::Either, None, accepted, &shared).await;
+    let serving = shared.serving.load_full();
+    let proxy = &shared.proxy;
+    let Some(acceptor) = &serving.tls else {
+        return serve_http(stream, Protocol::Either, None, accepted, &serving, proxy).await;
     };
     let peer = accepted.peer;
-    match tokio::time::timeout(shared.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+    match tokio::time::timeout(serving.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => {
             let session = stream.get_ref().1;
             let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
             let client_cert = tls::client_cert(session).map(Arc::new);
-            serve_http(stream, protocol, client_cert, accepted, &shared).await
+            serve_http(stream, protocol, client_cert, accepted, &serving, proxy).await
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -217,13 +247,14 @@ async fn serve_http<IO>(
     protocol: Protocol,
     client_cert: Option<Arc<ClientCert>>,
     accepted: Accepted,
-    shared: &Shared,
+    serving: &Serving,
+    proxy: &SharedProxy,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted { peer, slot, tasks, closing, killing } = accepted;
     let activity = Activity::new(protocol == Protocol::Http2);
-    let limits = &shared.limits;
+    let limits = &serving.limits;
     let upgrades = Upgrades {
         tasks,
         slot,
@@ -231,9 +262,9 @@ async fn serve_http<IO>(
         idle_timeout: limits.idle_timeout,
         killing: killing.clone(),
     };
-    let connection = Connection { peer, tls: shared.tls.is_some(), client_cert, upgrades };
+    let connection = Connection { peer, tls: serving.tls.is_some(), client_cert, upgrades };
     let io = TokioIo::new(Timed::new(io, activity.clone(), limits.header_read_timeout, limits.body_timeout));
-    let proxy = shared.proxy.clone();
+    let proxy = proxy.clone();
     let requests = activity.clone();
     let service = service_fn(move |request| {
         let (proxy, in_flight) = (proxy.clone(), requests.request());
@@ -249,11 +280,11 @@ async fn serve_http<IO>(
     // over TLS, ALPN decided: a client that named h2 cannot speak HTTP/1
     let result = match protocol {
         Protocol::Http2 => {
-            let served = shared.http2.serve_connection(io, service);
+            let served = serving.http2.serve_connection(io, service);
             drive(served, &activity, limits.idle_timeout, closing, killing).await
         }
         Protocol::Http1 | Protocol::Either => {
-            let served = shared.http.serve_connection_with_upgrades(io, service);
+            let served = serving.http.serve_connection_with_upgrades(io, service);
             drive(served, &activity, limits.idle_timeout, closing, killing).await
         }
     };

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, ProviderConfig, ServerConfig};
 use crate::headers::IdentityHeaders;
@@ -26,21 +27,28 @@ pub(crate) struct Snapshot {
 /// Everything derived from a `Config` that the request path needs, built
 /// once per config so no request compiles anything.
 pub(crate) struct Compiled {
+    /// The config this was compiled from.
+    pub(crate) source: Arc<Config>,
     pub(crate) server: ServerConfig,
     pub(crate) routes: RouteTable,
     pub(crate) identity_headers: IdentityHeaders,
-    pub(crate) providers: Vec<Provider>,
+    /// Same order as `source.providers`. A reload carries a provider whose
+    /// config did not change over, with its key loop and keys.
+    pub(crate) providers: Vec<Arc<Provider>>,
 }
 
 pub(crate) struct Provider {
     pub(crate) config: ProviderConfig,
     pub(crate) rules: ClaimRules,
     pub(crate) refetch: Refetch,
+    /// Stops the provider's key loop once a reload has dropped it.
+    pub(crate) retired: CancellationToken,
 }
 
 impl Provider {
-    fn new(config: &ProviderConfig) -> Provider {
+    pub(crate) fn new(config: &ProviderConfig, retired: CancellationToken) -> Provider {
         Provider {
+            retired,
             rules: ClaimRules {
                 audiences: config.audiences.clone(),
                 leeway: config.leeway.as_secs_f64(),
@@ -54,8 +62,14 @@ impl Provider {
 }
 
 impl Compiled {
-    pub(crate) fn new(config: &Config) -> Result<Compiled, ConfigError> {
-        let routes = RouteTable::new(config.routes.clone())
+    /// `providers` are `config.providers`' (new or carried over); the
+    /// upstream clients of `previous` are reused where they fit.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        providers: Vec<Arc<Provider>>,
+        previous: Option<&RouteTable>,
+    ) -> Result<Compiled, ConfigError> {
+        let routes = RouteTable::new(config.routes.clone(), previous)
             .map_err(|(index, reason)| config.error(&format!("routes[{index}].upstream_ca_file"), reason))?;
         Ok(Compiled {
             server: config.server.clone(),
@@ -64,7 +78,8 @@ impl Compiled {
                 let claims = r.inject_headers.iter().map(|(name, _)| name);
                 claims.chain(r.inject_client_cert.iter().map(|(name, _)| name))
             })),
-            providers: config.providers.iter().map(Provider::new).collect(),
+            providers,
+            source: config,
         })
     }
 }
@@ -73,5 +88,10 @@ impl Snapshot {
     /// The provider whose `issuer` is exactly `iss`, by index.
     pub(crate) fn provider_for(&self, iss: &str) -> Option<usize> {
         self.config.providers.iter().position(|p| p.config.issuer == iss)
+    }
+
+    /// Where `provider` is in this snapshot, if it is still part of it.
+    pub(crate) fn position_of(&self, provider: &Arc<Provider>) -> Option<usize> {
+        self.config.providers.iter().position(|p| Arc::ptr_eq(p, provider))
     }
 }

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigFile {
     #[serde(default)]
@@ -20,9 +20,37 @@ pub(crate) struct ConfigFile {
     pub(crate) providers: Vec<ProviderFile>,
     #[serde(default)]
     pub(crate) routes: Vec<RouteFile>,
+    pub(crate) admin: Option<AdminFile>,
+    #[serde(default)]
+    pub(crate) log: LogFile,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The admin listener: health, readiness, metrics, the running config.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminFile {
+    pub(crate) listen: String,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogFile {
+    pub(crate) format: Option<LogFormat>,
+    pub(crate) level: Option<String>,
+    pub(crate) include_sub: Option<bool>,
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerFile {
     pub(crate) listen: Option<String>,
@@ -49,10 +77,14 @@ pub(crate) struct ServerFile {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connections_per_client: Option<usize>,
     pub(crate) max_concurrent_streams: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) watch_interval: Option<Duration>,
 }
 
 /// A certificate served for the names (SNI) it lists.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CertificateFile {
     pub(crate) tls_cert: PathBuf,
@@ -62,7 +94,7 @@ pub(crate) struct CertificateFile {
 }
 
 /// What a route speaks to its upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     Http1,
@@ -71,14 +103,14 @@ pub enum UpstreamProtocol {
 }
 
 /// Whether clients must present a certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     Optional,
     Required,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProviderFile {
     pub(crate) name: String,
@@ -117,7 +149,7 @@ pub(crate) struct ProviderFile {
     pub(crate) required_typ: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouteFile {
     pub(crate) name: String,
@@ -126,6 +158,7 @@ pub(crate) struct RouteFile {
     pub(crate) methods: Option<Vec<String>>,
     pub(crate) upstream: String,
     pub(crate) auth: Option<AuthMode>,
+    pub(crate) mode: Option<RouteMode>,
     pub(crate) providers: Option<Vec<String>>,
     pub(crate) token_sources: Option<Vec<String>>,
     #[serde(default)]
@@ -148,7 +181,7 @@ pub(crate) struct RouteFile {
 }
 
 /// How a route treats the bearer token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// A valid token is needed.
@@ -169,8 +202,27 @@ impl AuthMode {
     }
 }
 
+/// Whether a route's auth decisions are applied or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMode {
+    /// Denied requests are refused.
+    Enforce,
+    /// Denied requests are logged and counted, then forwarded anyway.
+    Report,
+}
+
+impl RouteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Enforce => "enforce",
+            RouteMode::Report => "report",
+        }
+    }
+}
+
 /// How a route's `path` matches a request path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathMatch {
     /// The path itself or anything below it, by whole segments.
@@ -180,7 +232,7 @@ pub enum PathMatch {
 }
 
 /// `roles = "admin"` and `roles = ["admin"]` mean the same.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged, expecting = "a string or a list of strings")]
 pub(crate) enum OneOrMany {
     One(String),

@@ -7,6 +7,7 @@
 mod file;
 mod locate;
 mod provider;
+mod redact;
 mod server;
 mod validate;
 
@@ -22,20 +23,46 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
 pub(crate) use file::ConfigFile;
-pub use file::{AuthMode, ClientAuth, PathMatch, UpstreamProtocol};
+pub use file::{AuthMode, ClientAuth, LogFormat, PathMatch, RouteMode, UpstreamProtocol};
 use locate::KeyLines;
+pub(crate) use redact::sha256_hex;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where it came from, for messages.
     pub origin: String,
+    /// The file it was loaded from, watched for changes; `None` for a
+    /// config made from text (dev mode, tests).
+    pub path: Option<PathBuf>,
+    /// The SHA-256 of the text, in hex (what `sha256sum` prints).
+    pub sha256: String,
     pub server: ServerConfig,
     pub providers: Vec<ProviderConfig>,
     /// In match order: most specific first.
     pub routes: Vec<RouteConfig>,
+    pub admin: Option<AdminConfig>,
+    pub log: LogConfig,
     /// Where each key was written, for errors found after validation.
     lines: Arc<KeyLines>,
+    /// The file as written (after dev mode's changes), as JSON, with
+    /// credentials in URLs redacted: what the admin listener shows.
+    redacted: Arc<serde_json::Value>,
+}
+
+/// The admin listener (plaintext, kept off the public one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, or `portcullis=debug,hyper=warn`.
+    pub level: String,
+    /// The access log names the token's `sub` (it is personal data: off by default).
+    pub include_sub: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +75,7 @@ pub struct ServerConfig {
     /// Removed from every request.
     pub strip_headers: Vec<HeaderName>,
     pub limits: Limits,
+    pub lifecycle: Lifecycle,
 }
 
 /// What one client may take of the gateway.
@@ -71,6 +99,16 @@ pub struct Limits {
     pub max_connections_per_client: Option<usize>,
     /// Per HTTP/2 connection.
     pub max_concurrent_streams: u32,
+}
+
+/// What the gateway does over time rather than per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_timeout: Duration,
+    /// How often the config and TLS files are checked for changes; `None`:
+    /// only `SIGHUP` reloads.
+    pub watch_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +145,7 @@ pub enum ClientCertField {
     Sha256,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
     pub issuer: String,
@@ -192,6 +230,8 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     pub upstream: Upstream,
     pub auth: AuthMode,
+    /// Whether denials are applied or only reported.
+    pub mode: RouteMode,
     /// Indices into `Config::providers`; `None` accepts every provider.
     pub providers: Option<Vec<usize>>,
     pub token_sources: Vec<TokenSource>,
@@ -272,6 +312,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// An error about the file as a whole.
+    pub(crate) fn whole_file(file: String, reason: String) -> ConfigError {
+        ConfigError { file, line: None, key: None, reason }
+    }
+}
+
 /// A validation failure before it is placed in the file.
 #[derive(Debug)]
 pub(crate) struct Invalid {
@@ -287,13 +334,11 @@ impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-            file: origin.clone(),
-            line: None,
-            key: None,
-            reason: format!("cannot read: {error}"),
-        })?;
-        Config::parse(&text, &origin)
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::whole_file(origin.clone(), format!("cannot read: {error}")))?;
+        let mut config = Config::parse(&text, &origin)?;
+        config.path = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Validates config `text`; `origin` names it in errors.
@@ -320,12 +365,18 @@ impl Config {
         })?;
         adjust(&mut file);
         let lines = Arc::new(lines);
-        validate::config(file, origin, lines.clone()).map_err(|Invalid { key, reason }| ConfigError {
-            file: origin.to_owned(),
-            line: lines.line_of(&key),
-            key: Some(key),
-            reason,
-        })
+        let redacted = Arc::new(redact::file(&file));
+        let mut config = validate::config(file, origin, lines.clone()).map_err(|Invalid { key, reason }| {
+            ConfigError { file: origin.to_owned(), line: lines.line_of(&key), key: Some(key), reason }
+        })?;
+        config.sha256 = redact::sha256_hex(text.as_bytes());
+        config.redacted = redacted;
+        Ok(config)
+    }
+
+    /// The file as written, credentials redacted, as JSON.
+    pub fn redacted(&self) -> &serde_json::Value {
+        &self.redacted
     }
 
     /// An error about `key` found after validation (TLS files, say).

@@ -23,6 +23,7 @@ pub(super) fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
         trusted_proxies: trusted_proxies(file.trusted_proxies.as_deref().unwrap_or_default())?,
         strip_headers: strip_headers("server.strip_headers", file.strip_headers.as_deref().unwrap_or_default())?,
         limits: limits(&file)?,
+        lifecycle: lifecycle(&file)?,
     })
 }
 
@@ -103,6 +104,18 @@ fn limits(file: &ServerFile) -> Result<Limits, Invalid> {
         max_concurrent_streams: count("max_concurrent_streams", file.max_concurrent_streams.map(|n| n as usize), 100)?
             as u32,
     })
+}
+
+fn lifecycle(file: &ServerFile) -> Result<Lifecycle, Invalid> {
+    let shutdown_timeout =
+        within("server.shutdown_timeout", file.shutdown_timeout, Duration::from_secs(30), Duration::ZERO, DAY)?;
+    let watch_interval = match file.watch_interval {
+        Some(Duration::ZERO) => None,
+        interval => {
+            Some(within("server.watch_interval", interval, Duration::from_secs(2), Duration::from_millis(100), DAY)?)
+        }
+    };
+    Ok(Lifecycle { shutdown_timeout, watch_interval })
 }
 
 fn trusted_proxies(entries: &[String]) -> Result<Vec<IpNet>, Invalid> {

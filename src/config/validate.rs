@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, Method, Uri};
 
-use super::file::{ConfigFile, RouteFile};
+use super::file::{AdminFile, ConfigFile, LogFile, RouteFile};
 use super::*;
 use crate::headers;
 use std::sync::Arc;
@@ -29,7 +29,38 @@ pub(super) fn config(file: ConfigFile, origin: &str, lines: Arc<KeyLines>) -> Re
         return Err(invalid("routes", "at least one [[routes]] entry is needed"));
     }
     check_reachable(&routes)?;
-    Ok(Config { origin: origin.to_owned(), server, providers, routes: in_match_order(routes), lines })
+    Ok(Config {
+        origin: origin.to_owned(),
+        path: None,
+        sha256: String::new(),
+        server,
+        providers,
+        routes: in_match_order(routes),
+        admin: file.admin.map(admin).transpose()?,
+        log: log(file.log)?,
+        lines,
+        redacted: Arc::default(),
+    })
+}
+
+fn admin(file: AdminFile) -> Result<AdminConfig, Invalid> {
+    let listen = file
+        .listen
+        .parse()
+        .map_err(|_| invalid("admin.listen", format!("{:?} is not an address like \"127.0.0.1:9901\"", file.listen)))?;
+    Ok(AdminConfig { listen })
+}
+
+fn log(file: LogFile) -> Result<LogConfig, Invalid> {
+    let level = file.level.unwrap_or_else(|| "info".to_owned());
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
+        return Err(invalid("log.level", format!("{level:?} is not a level or filter like \"info\": {error}")));
+    }
+    Ok(LogConfig {
+        format: file.format.unwrap_or(LogFormat::Text),
+        level,
+        include_sub: file.include_sub.unwrap_or(false),
+    })
 }
 
 /// Refuses a value of `table[].field` seen twice, naming both entries.
@@ -52,6 +83,7 @@ fn route(
     let key = |name: &str| format!("routes[{i}].{name}");
     non_empty(&key("name"), &file.name)?;
     let auth = file.auth.unwrap_or(AuthMode::Required);
+    let mode = file.mode.unwrap_or(RouteMode::Enforce);
     if auth != AuthMode::Public && providers.is_empty() {
         return Err(invalid(key("auth"), format!("auth = {:?} needs at least one [[providers]] entry", auth.as_str())));
     }
@@ -62,6 +94,7 @@ fn route(
         ("inject_headers", !file.inject_headers.is_empty()),
         ("providers", file.providers.is_some()),
         ("token_sources", file.token_sources.is_some()),
+        ("mode", file.mode.is_some()),
     ];
     if let Some((name, _)) = verifying.iter().find(|(_, set)| *set && auth == AuthMode::Public) {
         return Err(invalid(key(name), "a public route verifies no token"));
@@ -118,6 +151,7 @@ fn route(
         methods: file.methods.map(|methods| route_methods(&key("methods"), methods)).transpose()?,
         upstream,
         auth,
+        mode,
         require_claims,
         inject_headers,
         forward_token: file.forward_token.unwrap_or(false),

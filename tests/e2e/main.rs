@@ -7,6 +7,8 @@ mod identity;
 mod key_sources;
 mod keys;
 mod proxying;
+mod reload;
+mod shutdown;
 mod streaming;
 mod support;
 mod tls;

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis::dev::{EchoUpstream, IdentityProvider, SigningKey, now};
-use portcullis::{Config, Gateway};
+use portcullis::{Config, Gateway, Reloader};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
@@ -100,6 +100,14 @@ impl Options {
         Options { providers: Some(providers.to_owned()), ..Options::default() }
     }
 
+    /// The whole config text: `[server]` on `listen` with `tls`'s files,
+    /// then providers and routes for `idp` and `upstream`.
+    fn render(&self, listen: &str, tls: (&PathBuf, &PathBuf), idp: &IdentityProvider, upstream: &str) -> String {
+        let (cert, key) = tls;
+        let tls = if self.tls { format!("tls_cert = {cert:?}\ntls_key = {key:?}\n") } else { String::new() };
+        format!("[server]\nlisten = \"{listen}\"\n{tls}\n{}\n{}", self.server, self.text(idp, upstream))
+    }
+
     /// The config text for `idp` and `upstream`, without `[server]`.
     fn text(&self, idp: &IdentityProvider, upstream: &str) -> String {
         let providers = match &self.providers {
@@ -129,9 +137,17 @@ pub struct Stack {
     pub key: Arc<SigningKey>,
     pub echo: EchoUpstream,
     pub cert: PathBuf,
+    /// The TLS key of `cert`.
+    pub private: PathBuf,
+    /// The config file the gateway was started from (and watches).
+    pub config_path: PathBuf,
+    pub reloader: Reloader,
+    /// Cancel to shut the gateway down; `served` then ends.
+    pub stop: CancellationToken,
+    pub served: tokio::task::JoinHandle<()>,
     tls: bool,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     _stop: DropGuard,
 }
 
@@ -151,19 +167,46 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let (cert, private) = portcullis::dev::write_self_signed_certificate(dir.path()).unwrap();
         let echo = EchoUpstream::start().await.unwrap();
-        let tls = if options.tls { format!("tls_cert = {cert:?}\ntls_key = {private:?}\n") } else { String::new() };
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{tls}\n{}\n{}",
-            options.server,
-            options.text(&idp, &echo.url())
-        );
-        let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let text = options.render("127.0.0.1:0", (&cert, &private), &idp, &echo.url());
+        let config_path = dir.path().join("portcullis.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let gateway = Gateway::bind(&config).await.unwrap_or_else(|e| panic!("{e}"));
         let addr = gateway.local_addr();
+        let reloader = gateway.reloader();
         let stop = CancellationToken::new();
-        tokio::spawn(gateway.serve(stop.clone().cancelled_owned()));
+        let served = tokio::spawn(gateway.serve(stop.clone().cancelled_owned()));
         let client = client(&cert, Version::HTTP_11);
-        Stack { addr, idp, key, echo, cert, tls: options.tls, client, _dir: dir, _stop: stop.drop_guard() }
+        Stack {
+            addr,
+            idp,
+            key,
+            echo,
+            cert,
+            private,
+            config_path,
+            reloader,
+            stop: stop.clone(),
+            served,
+            tls: options.tls,
+            client,
+            dir,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// The config text `options` make for this stack (same address, TLS
+    /// files, identity provider and upstream).
+    pub fn render(&self, options: &Options) -> String {
+        options.render(&self.addr.to_string(), (&self.cert, &self.private), &self.idp, &self.echo.url())
+    }
+
+    /// Replaces the config file in one step (write, then rename), as
+    /// editors and config management do.
+    pub fn write_config(&self, text: &str) {
+        let staged = self.dir.path().join("portcullis.toml.new");
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, &self.config_path).unwrap();
     }
 
     pub fn url(&self, path: &str) -> String {

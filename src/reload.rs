@@ -1,0 +1,200 @@
+//! Reloading without a restart: the config file, and the TLS files it names.
+//!
+//! Both are polled by content hash every `server.watch_interval`, which
+//! catches in-place writes, renames and the symlink swaps Kubernetes and
+//! cert-manager use alike; `SIGHUP` (through `Reloader::reload`) forces a
+//! reload. A new config is loaded, validated and compiled in full before
+//! anything is swapped, so a bad file only logs its error while the old
+//! config keeps serving. Connections and requests already under way keep
+//! what they started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AdminConfig, Config, ConfigError, LogConfig, Tls};
+use crate::control::Control;
+use crate::server::Serving;
+
+/// How often to look again at whether watching was turned on, when it is off.
+const UNWATCHED_RECHECK: Duration = Duration::from_secs(2);
+
+/// Reloads the gateway's config; cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None`: the config came from text, and there is nothing to re-read.
+    path: Option<PathBuf>,
+    control: Control,
+    serving: Arc<ArcSwap<Serving>>,
+    bound: Bound,
+    /// What the files held when last looked at; held while reloading, so
+    /// reloads never overlap.
+    seen: Mutex<Seen>,
+}
+
+/// What only a restart changes.
+struct Bound {
+    listen: std::net::SocketAddr,
+    max_connections: usize,
+    max_connections_per_client: Option<usize>,
+    admin: Option<AdminConfig>,
+    log: LogConfig,
+}
+
+#[derive(Default, PartialEq)]
+struct Seen {
+    config: Option<String>,
+    tls: Vec<Option<String>>,
+}
+
+impl Reloader {
+    pub(crate) fn new(config: &Config, control: Control, serving: Arc<ArcSwap<Serving>>) -> Reloader {
+        let seen = Seen {
+            config: config.path.as_deref().and_then(file_hash),
+            tls: config.server.tls.as_ref().map(tls_hashes).unwrap_or_default(),
+        };
+        let bound = Bound {
+            listen: config.server.listen,
+            max_connections: config.server.limits.max_connections,
+            max_connections_per_client: config.server.limits.max_connections_per_client,
+            admin: config.admin.clone(),
+            log: config.log.clone(),
+        };
+        let inner = Inner { path: config.path.clone(), control, serving, bound, seen: Mutex::new(seen) };
+        Reloader { inner: Arc::new(inner) }
+    }
+
+    /// Re-reads the config file (and with it every TLS file) now, as
+    /// `SIGHUP` does. On error the running config stays.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let inner = self.inner.clone();
+        let outcome = tokio::task::spawn_blocking(move || inner.reload_config());
+        let origin = || self.inner.control.state().load().config.source.origin.clone();
+        outcome.await.unwrap_or_else(|panic| Err(ConfigError::whole_file(origin(), format!("reload failed: {panic}"))))
+    }
+
+    /// Polls the files until `stop`, reloading what changed.
+    pub(crate) async fn watch(self, stop: CancellationToken) {
+        if self.inner.path.is_none() {
+            return;
+        }
+        loop {
+            let interval = self.inner.control.state().load().config.server.lifecycle.watch_interval;
+            tokio::select! {
+                () = tokio::time::sleep(interval.unwrap_or(UNWATCHED_RECHECK)) => {}
+                () = stop.cancelled() => return,
+            }
+            if interval.is_some() {
+                let inner = self.inner.clone();
+                let _ = tokio::task::spawn_blocking(move || inner.check()).await;
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Reloads whatever changed since last seen.
+    fn check(&self) {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let config_hash = self.path.as_deref().and_then(file_hash);
+        if config_hash != seen.config {
+            seen.config = config_hash;
+            let _ = self.apply_config(&mut seen);
+            return;
+        }
+        let snapshot = self.control.state().load();
+        let Some(tls) = &snapshot.config.server.tls else {
+            return;
+        };
+        let tls_hashes = tls_hashes(tls);
+        if tls_hashes == seen.tls {
+            return;
+        }
+        seen.tls = tls_hashes;
+        match Serving::new(&snapshot.config.source) {
+            Ok(serving) => {
+                self.serving.store(Arc::new(serving));
+                tracing::info!("TLS certificates reloaded: new connections use them");
+            }
+            Err(error) => {
+                tracing::error!(%error, "TLS certificates not reloaded; the old ones stay in use");
+            }
+        }
+    }
+
+    fn reload_config(&self) -> Result<(), ConfigError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        seen.config = self.path.as_deref().and_then(file_hash);
+        self.apply_config(&mut seen)
+    }
+
+    /// Loads, validates and swaps in the config file, logging the result.
+    fn apply_config(&self, seen: &mut Seen) -> Result<(), ConfigError> {
+        let Some(path) = self.path.as_deref() else {
+            let origin = self.control.state().load().config.source.origin.clone();
+            return Err(ConfigError::whole_file(origin, "was not loaded from a file: nothing to reload".into()));
+        };
+        let result = self.swap_in(path, seen);
+        if let Err(error) = &result {
+            tracing::error!(%error, "config not reloaded; the old one keeps serving");
+        }
+        result
+    }
+
+    fn swap_in(&self, path: &Path, seen: &mut Seen) -> Result<(), ConfigError> {
+        let config = Arc::new(Config::load(path)?);
+        let serving = Serving::new(&config)?;
+        let tls = config.server.tls.as_ref().map(tls_hashes).unwrap_or_default();
+        let applied = self.control.reload(config.clone())?;
+        self.serving.store(Arc::new(serving));
+        seen.tls = tls;
+        for key in self.bound.needs_restart(&config) {
+            tracing::warn!(key, "changed in the config, but applies only after a restart");
+        }
+        tracing::info!(
+            config = %config.origin,
+            sha256 = %config.sha256,
+            routes = config.routes.len(),
+            providers_kept = applied.kept,
+            providers_added = applied.added,
+            providers_retired = applied.retired,
+            "config reloaded"
+        );
+        Ok(())
+    }
+}
+
+impl Bound {
+    /// The keys whose new values a reload cannot apply.
+    fn needs_restart(&self, config: &Config) -> Vec<&'static str> {
+        let limits = &config.server.limits;
+        let changed = [
+            ("server.listen", self.listen != config.server.listen),
+            ("server.max_connections", self.max_connections != limits.max_connections),
+            ("server.max_connections_per_client", self.max_connections_per_client != limits.max_connections_per_client),
+            ("admin.listen", self.admin != config.admin),
+            ("log", self.log != config.log),
+        ];
+        changed.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
+    }
+}
+
+/// Every file the TLS setup reads, hashed in a fixed order.
+fn tls_hashes(tls: &Tls) -> Vec<Option<String>> {
+    let named = tls.by_name.iter().map(|(_, files)| files);
+    let pairs = std::iter::once(&tls.default).chain(named).flat_map(|files| [&files.cert, &files.key]);
+    let ca = tls.client_auth.iter().map(|auth| &auth.ca);
+    pairs.chain(ca).map(|path| file_hash(path)).collect()
+}
+
+/// The SHA-256 of a file's content (through any symlinks), if it can be read.
+fn file_hash(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|bytes| crate::config::sha256_hex(&bytes))
+}

@@ -1,0 +1,239 @@
+//! Reloading without a restart: the config file and TLS certificates are
+//! watched; a good change is swapped in under load without failing a
+//! request, a bad one is refused while the old config keeps serving.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use portcullis::dev::{IdentityProvider, SigningKey, now};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, AUDIENCE, ISSUER, Options, ROUTES, Stack, eventually};
+
+const WITHIN: Duration = Duration::from_secs(5);
+const WATCH: &str = "watch_interval = \"100ms\"\n";
+
+fn watched(routes: &str) -> Options {
+    Options { routes: routes.to_owned(), server: WATCH.to_owned(), ..Options::default() }
+}
+
+fn public_route(name: &str, path: &str) -> String {
+    format!("\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nupstream = \"{{upstream}}\"\nauth = \"public\"\n")
+}
+
+/// Requests `/orders` with `token` until `stop`; returns how many were
+/// answered 200 and every other status seen.
+async fn keep_requesting(stack: Arc<Stack>, token: String, stop: CancellationToken) -> (usize, Vec<u16>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !stop.is_cancelled() {
+        match stack.get_with_token("/orders/1", &token).await.status {
+            200 => ok += 1,
+            status => failed.push(status),
+        }
+    }
+    (ok, failed)
+}
+
+#[tokio::test]
+async fn config_changes_are_swapped_in_under_load_without_failing_a_request() {
+    let stack = Arc::new(Stack::with(watched(ROUTES)).await);
+    let token = stack.token(json!({}));
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+    let fetches = stack.idp.fetches();
+    let stop = CancellationToken::new();
+    let load: Vec<_> =
+        (0..4).map(|_| tokio::spawn(keep_requesting(stack.clone(), token.clone(), stop.clone()))).collect();
+
+    // a route added
+    let with_extra = format!("{ROUTES}{}", public_route("extra", "/extra"));
+    assert_eq!(stack.get("/extra", &[]).await.status, 404);
+    stack.write_config(&stack.render(&watched(&with_extra)));
+    assert!(eventually(WITHIN, || async { stack.get("/extra", &[]).await.status == 200 }).await, "route added");
+
+    // a bad file is refused and the running config keeps serving
+    stack.write_config("[server]\nlisten = 42\n");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.get("/extra", &[]).await.status, 200, "a bad file replaced the running config");
+    let error = stack.reloader.reload().await.expect_err("a reload of a bad file fails");
+    assert!(error.to_string().contains("portcullis.toml:2: server.listen:"), "{error}");
+
+    // the route removed
+    stack.write_config(&stack.render(&watched(ROUTES)));
+    assert!(eventually(WITHIN, || async { stack.get("/extra", &[]).await.status == 404 }).await, "route removed");
+
+    // a provider added: its tokens are accepted once its keys are in
+    let key = Arc::new(SigningKey::generate("second-1"));
+    let second = IdentityProvider::start("https://second.test", AUDIENCE, key.clone()).await.unwrap();
+    let token2 = key.sign(&json!({"iss": "https://second.test", "aud": AUDIENCE, "sub": "bob", "exp": now() + 600}));
+    assert_eq!(stack.get_with_token("/orders", &token2).await.status, 401);
+    let provider = format!(
+        "\n[[providers]]\nname = \"second\"\nissuer = \"https://second.test\"\njwks_url = \"{}\"\naudiences = [\"{AUDIENCE}\"]\n",
+        second.jwks_url()
+    );
+    stack.write_config(&stack.render(&watched(&format!("{ROUTES}{provider}"))));
+    let accepted = || async { stack.get_with_token("/orders", &token2).await.status == 200 };
+    assert!(eventually(WITHIN, accepted).await, "provider added");
+
+    stop.cancel();
+    for task in load {
+        let (ok, failed) = task.await.unwrap();
+        assert!(ok > 0 && failed.is_empty(), "{ok} requests passed, these failed: {failed:?}");
+    }
+    assert_eq!(stack.idp.fetches(), fetches, "the unchanged provider was carried over with its keys");
+}
+
+#[tokio::test]
+async fn a_changed_provider_is_replaced_and_fetches_its_keys_again() {
+    let stack = Stack::with(watched(ROUTES)).await;
+    let token = stack.token(json!({}));
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+    let fetches = stack.idp.fetches();
+    let options = Options { provider: "leeway = \"5s\"".into(), ..watched(ROUTES) };
+    stack.write_config(&stack.render(&options));
+    assert!(eventually(WITHIN, || async { stack.idp.fetches() > fetches }).await, "the new provider fetched");
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+
+    let options = Options { providers: Some(other_audience()), ..watched(ROUTES) };
+    stack.write_config(&stack.render(&options));
+    let refused = || async { stack.get_with_token("/orders", &token).await.status == 401 };
+    assert!(eventually(WITHIN, refused).await, "the provider's new audience applies");
+}
+
+fn other_audience() -> String {
+    format!(
+        "[[providers]]\nname = \"idp\"\nissuer = \"{ISSUER}\"\njwks_url = \"{{jwks_url}}\"\naudiences = [\"somebody-else\"]\n"
+    )
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let stack = Stack::with(watched(ROUTES)).await;
+    let token = stack.token(json!({}));
+    let client = support::client::<Channel<Bytes>>(&stack.cert, Version::HTTP_11);
+    let (mut body, request_body) = Channel::<Bytes>::new(1);
+    let request = Request::post(stack.url("/orders/slow"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(request_body)
+        .unwrap();
+    let response = tokio::spawn(client.request(request));
+    body.send_data(Bytes::from_static(b"first")).await.unwrap();
+
+    stack.write_config(&stack.render(&watched(&public_route("only", "/public"))));
+    assert!(eventually(WITHIN, || async { stack.get_with_token("/orders", &token).await.status == 404 }).await);
+
+    body.send_data(Bytes::from_static(b"last")).await.unwrap();
+    drop(body);
+    let response = tokio::time::timeout(WITHIN, response).await.unwrap().unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echoed["headers"]["x-user-id"], "alice");
+    assert_eq!(echoed["body_bytes"], 9);
+}
+
+/// A Kubernetes-style secret volume: `tls.crt` and `tls.key` link through
+/// `..data`, which is swapped in one rename to a new version directory.
+struct SecretVolume {
+    dir: std::path::PathBuf,
+    versions: usize,
+}
+
+impl SecretVolume {
+    fn new(dir: &Path) -> SecretVolume {
+        let dir = dir.join("secret");
+        std::fs::create_dir(&dir).unwrap();
+        for name in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+        SecretVolume { dir, versions: 0 }
+    }
+
+    /// Publishes a new version holding `cert` and `key` (PEM).
+    fn publish(&mut self, cert: &[u8], key: &[u8]) {
+        self.versions += 1;
+        let version = format!("..v{}", self.versions);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join("tls.crt"), cert).unwrap();
+        std::fs::write(self.dir.join(&version).join("tls.key"), key).unwrap();
+        let staged = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &staged).unwrap();
+        std::fs::rename(&staged, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// A fresh self-signed certificate for localhost: (cert PEM, key PEM).
+fn certificate() -> (String, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    (certified.cert.pem(), certified.signing_key.serialize_pem())
+}
+
+/// An HTTP/1.1 connection over TLS trusting `roots`, and the certificate
+/// the gateway presented on it.
+async fn connect(
+    addr: std::net::SocketAddr,
+    roots: &[&str],
+) -> (hyper::client::conn::http1::SendRequest<Empty<Bytes>>, Vec<u8>) {
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        store.add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(connection);
+    (sender, presented)
+}
+
+async fn get_public(sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) -> u16 {
+    let request = Request::get("/public/ping").header("host", "localhost").body(Empty::new()).unwrap();
+    sender.send_request(request).await.unwrap().status().as_u16()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn a_certificate_swapped_through_a_symlink_is_served_to_new_connections_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut volume = SecretVolume::new(dir.path());
+    let (first, first_key) = certificate();
+    volume.publish(first.as_bytes(), first_key.as_bytes());
+    let files = format!("tls_cert = {:?}\ntls_key = {:?}\n", volume.dir.join("tls.crt"), volume.dir.join("tls.key"));
+    let stack = Stack::with(Options { tls: false, server: format!("{files}{WATCH}"), ..Options::default() }).await;
+    let (second, second_key) = certificate();
+    let roots = [first.as_str(), second.as_str()];
+
+    let (mut old, presented) = connect(stack.addr, &roots).await;
+    assert_eq!(presented, der(&first));
+    assert_eq!(get_public(&mut old).await, 200);
+
+    volume.publish(second.as_bytes(), second_key.as_bytes());
+    let swapped = || async { connect(stack.addr, &roots).await.1 == der(&second) };
+    assert!(eventually(WITHIN, swapped).await, "a new connection gets the new certificate");
+    assert_eq!(get_public(&mut old).await, 200, "the old connection keeps working");
+
+    // a broken certificate is refused; the last good one stays
+    volume.publish(b"not a certificate", second_key.as_bytes());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut new, presented) = connect(stack.addr, &roots).await;
+    assert_eq!(presented, der(&second));
+    assert_eq!(get_public(&mut new).await, 200);
+}
