@@ -29,6 +29,17 @@ impl Identity {
     pub(crate) fn claim(&self, name: &str) -> Option<&Value> {
         claim_of(&self.claims, name)
     }
+
+    /// `iss`, `sub` and expiry, for people reading `explain`.
+    pub(crate) fn summary(&self) -> String {
+        let text = |name: &str| self.claims.get(name).and_then(Value::as_str).unwrap_or("-").to_owned();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let expiry = match self.claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) => format!("expires in {}s", (exp - now).max(0.0).round()),
+            None => "no expiry".to_owned(),
+        };
+        format!("iss {}, sub {}, {expiry}", text("iss"), text("sub"))
+    }
 }
 
 /// A claim by name, else by dotted path into nested objects.

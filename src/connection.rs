@@ -103,6 +103,7 @@ impl Activity {
 /// The connection limits: `max_connections` in all, and optionally
 /// `max_connections_per_client` from one address.
 pub(crate) struct Slots {
+    max: usize,
     total: Arc<Semaphore>,
     per_client: Option<(usize, Mutex<HashMap<IpAddr, usize>>)>,
 }
@@ -115,7 +116,13 @@ pub(crate) struct Slot {
 
 impl Slots {
     pub(crate) fn new(max: usize, per_client: Option<usize>) -> Arc<Slots> {
-        Arc::new(Slots { total: Arc::new(Semaphore::new(max)), per_client: per_client.map(|n| (n, Mutex::default())) })
+        let per_client = per_client.map(|n| (n, Mutex::default()));
+        Arc::new(Slots { max, total: Arc::new(Semaphore::new(max)), per_client })
+    }
+
+    /// Connections holding a place now.
+    pub(crate) fn open(&self) -> usize {
+        self.max - self.total.available_permits()
     }
 
     /// A place for a connection from `peer`, if there is one.

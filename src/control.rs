@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, KeySource, RemoteKeys, RemoteLocation};
 use crate::error::chain;
 use crate::keys::{self, Fetcher, Fingerprint, Freshness, KeySet};
+use crate::metrics::Metrics;
 use crate::state::{Compiled, Provider, SharedState, Snapshot};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -30,6 +31,7 @@ const LOCAL_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub(crate) struct Control {
     state: SharedState,
+    metrics: Arc<Metrics>,
     /// Every provider's `retired` token is a child of this one.
     shutdown: CancellationToken,
 }
@@ -62,15 +64,16 @@ impl Control {
     pub(crate) fn start(
         config: Arc<Config>,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Result<(Control, SharedState), ConfigError> {
         let fresh: Vec<Fresh> = (0..config.providers.len())
-            .map(|index| fresh_provider(&config, index, &shutdown))
+            .map(|index| fresh_provider(&config, index, &shutdown, &metrics))
             .collect::<Result<_, _>>()?;
         let providers = fresh.iter().map(|f| f.provider.clone()).collect();
-        let compiled = Arc::new(Compiled::new(config, providers, None)?);
+        let compiled = Arc::new(Compiled::new(config, providers, None, &metrics)?);
         let keys = fresh.iter().map(|f| f.keys.clone()).collect();
         let state: SharedState = Arc::new(ArcSwap::from_pointee(Snapshot { config: compiled, keys }));
-        let control = Control { state: state.clone(), shutdown };
+        let control = Control { state: state.clone(), shutdown, metrics };
         control.spawn_loops(fresh);
         Ok((control, state))
     }
@@ -87,13 +90,13 @@ impl Control {
             match current.config.providers.iter().find(|p| p.config == *wanted) {
                 Some(kept) => providers.push(kept.clone()),
                 None => {
-                    let new = fresh_provider(&config, index, &self.shutdown)?;
+                    let new = fresh_provider(&config, index, &self.shutdown, &self.metrics)?;
                     providers.push(new.provider.clone());
                     fresh.push(new);
                 }
             }
         }
-        let compiled = Arc::new(Compiled::new(config, providers, Some(&current.config.routes))?);
+        let compiled = Arc::new(Compiled::new(config, providers, Some(&current.config.routes), &self.metrics)?);
         self.state.rcu(|now| {
             let keys = compiled.providers.iter().map(|provider| match now.position_of(provider) {
                 Some(index) => now.keys[index].clone(),
@@ -145,6 +148,7 @@ impl Control {
         loop {
             let outcome = fetch(&mut fetcher, &provider, remote).await;
             let ok = outcome.is_ok();
+            provider.metrics.fetched(ok);
             let delay = match outcome {
                 Ok((keys, lifetime)) => {
                     failures = 0;
@@ -235,8 +239,13 @@ async fn fetch(fetcher: &mut Fetcher, provider: &Provider, remote: &RemoteKeys) 
 }
 
 /// `config.providers[index]`, made afresh with its first keys.
-fn fresh_provider(config: &Config, index: usize, shutdown: &CancellationToken) -> Result<Fresh, ConfigError> {
-    let provider = Arc::new(Provider::new(&config.providers[index], shutdown.child_token()));
+fn fresh_provider(
+    config: &Config,
+    index: usize,
+    shutdown: &CancellationToken,
+    metrics: &Arc<Metrics>,
+) -> Result<Fresh, ConfigError> {
+    let provider = Arc::new(Provider::new(&config.providers[index], shutdown.child_token(), metrics));
     let (keys, start) = first_keys(config, index, &provider)?;
     Ok(Fresh { provider, keys: Arc::new(keys), start })
 }
@@ -281,11 +290,12 @@ fn cache_source(remote: &RemoteKeys) -> String {
 
 /// Everything `start` would load, without starting: what `check` runs.
 pub(crate) fn preflight(config: &Config) -> Result<(), ConfigError> {
-    let shutdown = CancellationToken::new();
-    let fresh: Vec<Fresh> =
-        (0..config.providers.len()).map(|index| fresh_provider(config, index, &shutdown)).collect::<Result<_, _>>()?;
+    let (shutdown, metrics) = (CancellationToken::new(), Metrics::new());
+    let fresh: Vec<Fresh> = (0..config.providers.len())
+        .map(|index| fresh_provider(config, index, &shutdown, &metrics))
+        .collect::<Result<_, _>>()?;
     let providers = fresh.into_iter().map(|f| f.provider).collect();
-    Compiled::new(Arc::new(config.clone()), providers, None).map(drop)
+    Compiled::new(Arc::new(config.clone()), providers, None, &metrics).map(drop)
 }
 
 /// 1 s, 2 s, 4 s, ... capped at 5 minutes.

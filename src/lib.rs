@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
+mod admin;
 mod auth;
 mod body;
 pub mod config;
@@ -22,6 +24,7 @@ mod forwarded;
 pub mod fuzzing;
 mod headers;
 mod keys;
+mod metrics;
 mod path;
 mod proxy;
 mod refetch;

@@ -50,6 +50,8 @@ struct Wait {
     deadline: tokio::time::Instant,
     /// Waiting for an early fetch (not the first load).
     early: bool,
+    /// This token asked for the fetch (rather than joining one).
+    asked: bool,
 }
 
 /// The provider's keys for a token's `kid`, after waiting briefly for an
@@ -72,7 +74,13 @@ pub(crate) async fn keys_for(snapshot: &Snapshot, index: usize, kid: Option<&str
         (true, Some(kid)) if !refetch.is_known_unknown(kid) => refetch.early(),
         (true, _) => None,
     };
-    let Some(Wait { mut completions, deadline, early }) = wait else {
+    let counters = &provider.metrics;
+    match &wait {
+        Some(wait) if wait.asked => counters.refetch_forced.increment(1),
+        None if kid.is_some() && keys.is_loaded() => counters.refetch_throttled.increment(1),
+        _ => {}
+    }
+    let Some(Wait { mut completions, deadline, early, .. }) = wait else {
         return latest();
     };
     loop {
@@ -140,12 +148,12 @@ impl Refetch {
         let cooled = asked == NEVER || now.saturating_sub(asked) >= self.cooldown.as_millis() as u64;
         if cooled && self.asked_at.compare_exchange(asked, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.wake.notify_one();
-            return Some(Wait { completions, deadline: self.deadline(now), early: true });
+            return Some(Wait { completions, deadline: self.deadline(now), early: true, asked: true });
         }
         let asked = self.asked_at.load(Ordering::Acquire);
         let deadline = self.deadline(asked);
         let joinable = self.is_outstanding() && tokio::time::Instant::now() < deadline;
-        joinable.then_some(Wait { completions, deadline, early: true })
+        joinable.then_some(Wait { completions, deadline, early: true, asked: false })
     }
 
     /// For a token that arrives while the first fetch is still under way.
@@ -153,7 +161,7 @@ impl Refetch {
         let completions = self.completed.subscribe();
         let deadline = tokio::time::Instant::now() + EARLY_FETCH_WAIT;
         let first_pending = *completions.borrow() == 0;
-        first_pending.then_some(Wait { completions, deadline, early: false })
+        first_pending.then_some(Wait { completions, deadline, early: false, asked: false })
     }
 
     /// An early fetch was asked for and has not completed.

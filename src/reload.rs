@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminConfig, Config, ConfigError, LogConfig, Tls};
 use crate::control::Control;
+use crate::metrics::Metrics;
 use crate::server::Serving;
 
 /// How often to look again at whether watching was turned on, when it is off.
@@ -33,6 +34,7 @@ struct Inner {
     path: Option<PathBuf>,
     control: Control,
     serving: Arc<ArcSwap<Serving>>,
+    metrics: Arc<Metrics>,
     bound: Bound,
     /// What the files held when last looked at; held while reloading, so
     /// reloads never overlap.
@@ -55,7 +57,12 @@ struct Seen {
 }
 
 impl Reloader {
-    pub(crate) fn new(config: &Config, control: Control, serving: Arc<ArcSwap<Serving>>) -> Reloader {
+    pub(crate) fn new(
+        config: &Config,
+        control: Control,
+        serving: Arc<ArcSwap<Serving>>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
         let seen = Seen {
             config: config.path.as_deref().and_then(file_hash),
             tls: config.server.tls.as_ref().map(tls_hashes).unwrap_or_default(),
@@ -67,7 +74,7 @@ impl Reloader {
             admin: config.admin.clone(),
             log: config.log.clone(),
         };
-        let inner = Inner { path: config.path.clone(), control, serving, bound, seen: Mutex::new(seen) };
+        let inner = Inner { path: config.path.clone(), control, serving, metrics, bound, seen: Mutex::new(seen) };
         Reloader { inner: Arc::new(inner) }
     }
 
@@ -118,7 +125,9 @@ impl Inner {
             return;
         }
         seen.tls = tls_hashes;
-        match Serving::new(&snapshot.config.source) {
+        let serving = Serving::new(&snapshot.config.source);
+        self.metrics.certificate_reloads.record(serving.is_ok());
+        match serving {
             Ok(serving) => {
                 self.serving.store(Arc::new(serving));
                 tracing::info!("TLS certificates reloaded: new connections use them");
@@ -142,6 +151,7 @@ impl Inner {
             return Err(ConfigError::whole_file(origin, "was not loaded from a file: nothing to reload".into()));
         };
         let result = self.swap_in(path, seen);
+        self.metrics.config_reloads.record(result.is_ok());
         if let Err(error) = &result {
             tracing::error!(%error, "config not reloaded; the old one keeps serving");
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::config::{PathMatch, RouteConfig, UpstreamProtocol};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
 
 pub(crate) struct RouteTable {
@@ -23,6 +24,7 @@ pub(crate) struct RouteTable {
 pub(crate) struct Route {
     pub(crate) config: RouteConfig,
     pub(crate) client: Arc<UpstreamClient>,
+    pub(crate) metrics: RouteMetrics,
 }
 
 impl Deref for Route {
@@ -39,7 +41,11 @@ impl RouteTable {
     /// those that trust the system's roots keep `previous`'s (and its
     /// pooled connections); a CA file is read afresh, as it may have changed.
     /// Fails with the file index of a route whose CA file cannot be used.
-    pub(crate) fn new(routes: Vec<RouteConfig>, previous: Option<&RouteTable>) -> Result<RouteTable, (usize, String)> {
+    pub(crate) fn new(
+        routes: Vec<RouteConfig>,
+        previous: Option<&RouteTable>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<RouteTable, (usize, String)> {
         let mut clients: HashMap<(Option<PathBuf>, UpstreamProtocol), Arc<UpstreamClient>> = previous
             .into_iter()
             .flat_map(|table| &table.routes)
@@ -56,21 +62,56 @@ impl RouteTable {
                     clients.entry(kind).or_insert(Arc::new(client)).clone()
                 }
             };
-            table.push(Route { config, client });
+            table.push(Route { metrics: metrics.route(&config.name), config, client });
         }
         Ok(RouteTable { routes: table })
     }
 
-    /// The most specific route for a request; `host` is lowercase, without port.
-    pub(crate) fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Route> {
-        self.routes.iter().find(|route| {
-            route.host.as_deref().is_none_or(|wanted| Some(wanted) == host)
-                && match route.path_match {
-                    PathMatch::Prefix => path_has_prefix(path, &route.path),
-                    PathMatch::Exact => path == route.path,
-                }
-                && route.methods.as_ref().is_none_or(|methods| methods.contains(method))
-        })
+    pub(crate) fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
+    /// The most specific route for a request, and its index; `host` is
+    /// lowercase, without port.
+    pub(crate) fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, route)| route.mismatch(host, path, method).is_none())
+    }
+
+    /// Every route in match order, with why it does not match (`None`: it does).
+    pub(crate) fn explain<'a>(
+        &'a self,
+        host: Option<&'a str>,
+        path: &'a str,
+        method: &'a Method,
+    ) -> impl Iterator<Item = (&'a Route, Option<Mismatch>)> + 'a {
+        self.routes.iter().map(move |route| (route, route.mismatch(host, path, method)))
+    }
+}
+
+/// Why a route does not match a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mismatch {
+    Host,
+    Path,
+    Method,
+}
+
+impl Route {
+    fn mismatch(&self, host: Option<&str>, path: &str, method: &Method) -> Option<Mismatch> {
+        if self.host.as_deref().is_some_and(|wanted| Some(wanted) != host) {
+            return Some(Mismatch::Host);
+        }
+        let path_matches = match self.path_match {
+            PathMatch::Prefix => path_has_prefix(path, &self.path),
+            PathMatch::Exact => path == self.path,
+        };
+        if !path_matches {
+            return Some(Mismatch::Path);
+        }
+        if self.methods.as_ref().is_some_and(|methods| !methods.contains(method)) {
+            return Some(Mismatch::Method);
+        }
+        None
     }
 }
 
@@ -91,11 +132,11 @@ mod tests {
         let text = format!(
             "[[providers]]\nname = \"p\"\nissuer = \"i\"\njwks_url = \"http://127.0.0.1/j\"\naudiences = [\"a\"]\n{routes}"
         );
-        RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes, None).unwrap()
+        RouteTable::new(Config::parse(&text, "test.toml").unwrap().routes, None, &Metrics::new()).unwrap()
     }
 
     fn name<'a>(table: &'a RouteTable, host: Option<&str>, path: &str, method: Method) -> Option<&'a str> {
-        table.find(host, path, &method).map(|r| r.name.as_str())
+        table.find(host, path, &method).map(|(_, r)| r.name.as_str())
     }
 
     #[test]

@@ -27,10 +27,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
+use crate::admin::Admin;
 use crate::config::{Config, ConfigError, Limits};
 use crate::connection::{Activity, Slot, Slots, Timed, Tracked, Upgrades};
 use crate::control::Control;
-use crate::proxy::{Connection, Proxy, SharedProxy};
+use crate::metrics::Metrics;
+use crate::proxy::{Connection, Peer, Proxy, SharedProxy};
 use crate::reload::Reloader;
 use crate::tls::{self, ClientCert};
 
@@ -51,6 +53,9 @@ pub struct Gateway {
     shared: Arc<Shared>,
     slots: Arc<Slots>,
     reloader: Reloader,
+    admin: Option<(TcpListener, Arc<Admin>)>,
+    /// Cancelled when shutdown begins (the admin listener reports not ready).
+    draining: CancellationToken,
     /// Stops the key refresh loops and the file watcher when the gateway is dropped.
     background: CancellationToken,
     _background: DropGuard,
@@ -87,17 +92,26 @@ impl Gateway {
     /// Loads TLS material, binds the listener and starts fetching keys.
     pub async fn bind(config: &Config) -> Result<Gateway, StartError> {
         let serving = Arc::new(ArcSwap::from_pointee(Serving::new(config)?));
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listener = bind(config.server.listen).await?;
+        let admin_listener = match &config.admin {
+            Some(admin) => Some(bind(admin.listen).await?),
+            None => None,
+        };
         let background = CancellationToken::new();
-        let (control, state) = Control::start(Arc::new(config.clone()), background.clone())?;
-        let reloader = Reloader::new(config, control, serving.clone());
+        let metrics = Metrics::new();
+        let (control, state) = Control::start(Arc::new(config.clone()), background.clone(), metrics.clone())?;
+        let reloader = Reloader::new(config, control, serving.clone(), metrics.clone());
         let limits = &config.server.limits;
+        let slots = Slots::new(limits.max_connections, limits.max_connections_per_client);
+        let draining = CancellationToken::new();
+        let admin = Arc::new(Admin { state: state.clone(), metrics, slots: slots.clone(), draining: draining.clone() });
         Ok(Gateway {
             listener,
-            slots: Slots::new(limits.max_connections, limits.max_connections_per_client),
+            slots,
             shared: Arc::new(Shared { serving, proxy: Arc::new(Proxy { state }) }),
             reloader,
+            admin: admin_listener.map(|listener| (listener, admin)),
+            draining,
             background: background.clone(),
             _background: background.drop_guard(),
         })
@@ -105,6 +119,11 @@ impl Gateway {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where the admin listener is, if the config has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(listener, _)| listener.local_addr().expect("a bound listener has an address"))
     }
 
     /// Reloads the config on demand (`SIGHUP`); it also watches its files
@@ -115,8 +134,13 @@ impl Gateway {
 
     /// Serves until `shutdown` completes, then stops accepting and lets
     /// in-flight requests finish (up to `server.shutdown_timeout`).
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
         tokio::spawn(self.reloader.clone().watch(self.background.clone()));
+        let admin_stop = CancellationToken::new();
+        let _admin_stop = admin_stop.clone().drop_guard();
+        if let Some((listener, admin)) = self.admin.take() {
+            tokio::spawn(admin.serve(listener, admin_stop));
+        }
         let tasks = TaskTracker::new();
         let closing = CancellationToken::new();
         let killing = CancellationToken::new();
@@ -149,6 +173,7 @@ impl Gateway {
             }
         }
         drop(self.listener);
+        self.draining.cancel();
         let grace = self.shared.proxy.state.load().config.server.lifecycle.shutdown_timeout;
         tracing::info!(connections = tasks.len(), "shutting down: draining connections");
         closing.cancel();
@@ -159,6 +184,10 @@ impl Gateway {
             tasks.wait().await;
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -262,7 +291,7 @@ async fn serve_http<IO>(
         idle_timeout: limits.idle_timeout,
         killing: killing.clone(),
     };
-    let connection = Connection { peer, tls: serving.tls.is_some(), client_cert, upgrades };
+    let connection = Connection { peer: Peer { addr: peer, tls: serving.tls.is_some(), client_cert }, upgrades };
     let io = TokioIo::new(Timed::new(io, activity.clone(), limits.header_read_timeout, limits.body_timeout));
     let proxy = proxy.clone();
     let requests = activity.clone();

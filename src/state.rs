@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, ProviderConfig, ServerConfig};
 use crate::headers::IdentityHeaders;
 use crate::keys::KeySet;
+use crate::metrics::{Metrics, ProviderMetrics, RouteMetrics};
 use crate::refetch::Refetch;
 use crate::route::RouteTable;
 use crate::token::ClaimRules;
@@ -32,6 +33,8 @@ pub(crate) struct Compiled {
     pub(crate) server: ServerConfig,
     pub(crate) routes: RouteTable,
     pub(crate) identity_headers: IdentityHeaders,
+    /// For requests no route matched.
+    pub(crate) unrouted: RouteMetrics,
     /// Same order as `source.providers`. A reload carries a provider whose
     /// config did not change over, with its key loop and keys.
     pub(crate) providers: Vec<Arc<Provider>>,
@@ -43,12 +46,14 @@ pub(crate) struct Provider {
     pub(crate) refetch: Refetch,
     /// Stops the provider's key loop once a reload has dropped it.
     pub(crate) retired: CancellationToken,
+    pub(crate) metrics: ProviderMetrics,
 }
 
 impl Provider {
-    pub(crate) fn new(config: &ProviderConfig, retired: CancellationToken) -> Provider {
+    pub(crate) fn new(config: &ProviderConfig, retired: CancellationToken, metrics: &Arc<Metrics>) -> Provider {
         Provider {
             retired,
+            metrics: metrics.provider(&config.name),
             rules: ClaimRules {
                 audiences: config.audiences.clone(),
                 leeway: config.leeway.as_secs_f64(),
@@ -68,8 +73,9 @@ impl Compiled {
         config: Arc<Config>,
         providers: Vec<Arc<Provider>>,
         previous: Option<&RouteTable>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Compiled, ConfigError> {
-        let routes = RouteTable::new(config.routes.clone(), previous)
+        let routes = RouteTable::new(config.routes.clone(), previous, metrics)
             .map_err(|(index, reason)| config.error(&format!("routes[{index}].upstream_ca_file"), reason))?;
         Ok(Compiled {
             server: config.server.clone(),
@@ -79,6 +85,7 @@ impl Compiled {
                 claims.chain(r.inject_client_cert.iter().map(|(name, _)| name))
             })),
             providers,
+            unrouted: metrics.route("-"),
             source: config,
         })
     }

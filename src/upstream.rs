@@ -41,6 +41,15 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The upstream's failure, not the client's (a body it sent wrong).
+    pub(crate) fn is_upstream_fault(&self) -> bool {
+        matches!(self, UpstreamError::Unreachable(_) | UpstreamError::Timeout(_))
+    }
+
+    pub(crate) fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::Timeout(_))
+    }
+
     /// Tells the client's own faults (found while streaming its body) from
     /// the upstream's.
     fn from_client_error(error: &hyper_util::client::legacy::Error) -> UpstreamError {

@@ -1,0 +1,155 @@
+//! The admin listener: plaintext, on its own port, never on the public one.
+//!
+//! `/healthz` (alive), `/readyz` (config loaded, keys usable, not shutting
+//! down), `/metrics` (Prometheus text) and `/config` (the running config,
+//! redacted, with its hash). Reads the live snapshot like a request does.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AuthMode;
+use crate::connection::Slots;
+use crate::metrics::Metrics;
+use crate::state::{SharedState, Snapshot};
+
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often histogram samples are folded into buckets between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the admin endpoints read.
+pub(crate) struct Admin {
+    pub(crate) state: SharedState,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) slots: Arc<Slots>,
+    /// Cancelled when shutdown begins: from then on, not ready.
+    pub(crate) draining: CancellationToken,
+}
+
+impl Admin {
+    /// Serves `listener` until `stop`.
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = upkeep.tick() => {
+                    self.metrics.upkeep();
+                    continue;
+                }
+                () = stop.cancelled() => return,
+            };
+            let (admin, stop) = (self.clone(), stop.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.respond(&request)) }
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+                tokio::select! {
+                    _ = builder.serve_connection(TokioIo::new(stream), service) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET {
+            let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"}));
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        match request.uri().path() {
+            "/healthz" => json_response(StatusCode::OK, &json!({"status": "alive"})),
+            "/readyz" => {
+                let (ready, body) = self.readiness();
+                let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                json_response(status, &body)
+            }
+            "/metrics" => {
+                let text = self.metrics.render(&self.state.load(), self.slots.open());
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+                response.headers_mut().insert(CONTENT_TYPE, content_type);
+                response
+            }
+            "/config" => {
+                let config = &self.state.load().config.source;
+                let body = json!({"file": config.origin, "sha256": config.sha256, "config": config.redacted()});
+                json_response(StatusCode::OK, &body)
+            }
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+        }
+    }
+
+    /// Ready when not shutting down and every provider a route verifies
+    /// with has keys that verify: loaded, and not past `max_stale`. Keys
+    /// past their freshness but within `max_stale` are still ready (and
+    /// shown as stale): an identity provider outage must not take every
+    /// replica out of service at once.
+    fn readiness(&self) -> (bool, Value) {
+        let snapshot = self.state.load();
+        let now = SystemTime::now();
+        let mut providers = serde_json::Map::new();
+        let mut ready = true;
+        for (index, (provider, keys)) in snapshot.config.providers.iter().zip(&snapshot.keys).enumerate() {
+            let used = is_used(&snapshot, index);
+            let usable = keys.is_usable(now);
+            ready &= usable || !used;
+            let age = keys.freshness.map(|f| now.duration_since(f.fetched_at).unwrap_or_default().as_secs());
+            let stale = keys.freshness.and_then(|f| f.expires_at).is_some_and(|expires| now > expires);
+            let reason = match (keys.is_loaded(), usable) {
+                (false, _) => Some("keys not loaded yet"),
+                (true, false) => Some("keys older than max_stale"),
+                (true, true) => None,
+            };
+            providers.insert(
+                provider.config.name.clone(),
+                json!({"ready": usable, "used_by_routes": used, "keys": keys.len(), "age_seconds": age, "stale": stale, "reason": reason}),
+            );
+        }
+        let draining = self.draining.is_cancelled();
+        let body = json!({
+            "ready": ready && !draining,
+            "reason": if draining { Some("shutting down") } else if !ready { Some("a provider's keys are not usable") } else { None },
+            "config_sha256": snapshot.config.source.sha256,
+            "providers": providers,
+        });
+        (ready && !draining, body)
+    }
+}
+
+/// Whether a route verifies tokens with provider `index`.
+fn is_used(snapshot: &Snapshot, index: usize) -> bool {
+    snapshot.config.source.routes.iter().any(|route| {
+        route.auth != AuthMode::Public && route.providers.as_ref().is_none_or(|allowed| allowed.contains(&index))
+    })
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
