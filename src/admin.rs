@@ -139,6 +139,19 @@ impl Admin {
     }
 }
 
+/// GETs `url` (plain HTTP), for health checks in images without curl:
+/// the status, or why there is none.
+pub async fn probe(url: &str, timeout: Duration) -> Result<StatusCode, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    match tokio::time::timeout(timeout, client.get(uri)).await {
+        Ok(Ok(response)) => Ok(response.status()),
+        Ok(Err(error)) => Err(format!("{url}: {}", crate::error::chain(&error))),
+        Err(_) => Err(format!("{url}: no answer within {timeout:?}")),
+    }
+}
+
 /// Whether a route verifies tokens with provider `index`.
 fn is_used(snapshot: &Snapshot, index: usize) -> bool {
     snapshot.config.source.routes.iter().any(|route| {

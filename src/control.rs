@@ -123,6 +123,36 @@ impl Control {
         Ok(applied)
     }
 
+    /// The snapshot `start` would publish, without key loops: local keys
+    /// and cached remote ones only. Tokens never wait for a load.
+    pub(crate) fn offline(config: Arc<Config>) -> Result<SharedState, ConfigError> {
+        let (shutdown, metrics) = (CancellationToken::new(), Metrics::new());
+        let fresh: Vec<Fresh> = (0..config.providers.len())
+            .map(|index| fresh_provider(&config, index, &shutdown, &metrics))
+            .collect::<Result<_, _>>()?;
+        for f in &fresh {
+            f.provider.refetch.completed(None, false);
+        }
+        let providers = fresh.iter().map(|f| f.provider.clone()).collect();
+        let compiled = Arc::new(Compiled::new(config, providers, None, &metrics)?);
+        let keys = fresh.into_iter().map(|f| f.keys).collect();
+        Ok(Arc::new(ArcSwap::from_pointee(Snapshot { config: compiled, keys })))
+    }
+
+    /// Resolves once every remote provider has completed a fetch (good or
+    /// bad); local ones were loaded at start.
+    pub(crate) async fn first_fetches(&self) {
+        loop {
+            let providers = &self.state.load().config.providers;
+            let all =
+                providers.iter().all(|p| !matches!(p.config.source, KeySource::Remote(_)) || p.refetch.loads() > 0);
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The live snapshot, for readers outside the request path.
     pub(crate) fn state(&self) -> &SharedState {
         &self.state

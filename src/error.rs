@@ -103,7 +103,8 @@ impl Rejection {
         }
     }
 
-    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
+    /// The status and the problem+json body the client gets.
+    pub(crate) fn response_parts(&self) -> (StatusCode, String) {
         let (status, code) = self.status();
         let description = self.description();
         let mut body = serde_json::json!({
@@ -116,7 +117,12 @@ impl Rejection {
             body["error"] = code.into();
             body["error_description"] = description.into();
         }
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        (status, body.to_string())
+    }
+
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, body) = self.response_parts();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));

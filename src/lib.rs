@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
-mod admin;
+pub mod admin;
 mod auth;
 mod body;
 pub mod config;
@@ -19,6 +19,7 @@ mod connection;
 mod control;
 pub mod dev;
 mod error;
+pub mod explain;
 mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -6,8 +6,11 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use portcullis::config::{LogConfig, LogFormat};
+use portcullis::explain::Question;
 use portcullis::{Config, Gateway, Reloader};
 use tracing_subscriber::EnvFilter;
 
@@ -18,17 +21,39 @@ struct Cli {
     command: Command,
 }
 
+const DEFAULT_CONFIG: &str = "config/portcullis.toml";
+
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with a config file.
+    /// Serve with a config file (reloaded when it changes, or on SIGHUP).
     Run {
-        #[arg(long, default_value = "config/portcullis.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Load and validate a config file, print the routes it defines, and exit.
     Check {
-        #[arg(long, default_value = "config/portcullis.toml")]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Explain why a request would be allowed or denied: the route it
+    /// matches, each check with its outcome, the decision, and the headers
+    /// the upstream would receive. Exits 0 for allow, 1 for deny, 2 on error.
+    Explain {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// GET, POST, ...
+        method: String,
+        /// `https://host/path?query` (or a path alone).
+        url: String,
+        /// A request header, `Name: value`; repeat for more.
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// A token to send as `Authorization: Bearer`.
+        #[arg(long)]
+        token: Option<String>,
+        /// Fetch nothing: use local key files and `cache_dir` only.
+        #[arg(long)]
+        offline: bool,
     },
     /// Start a self-contained demo on loopback: gateway, identity provider
     /// and echo upstream, with ready-to-paste commands.
@@ -36,29 +61,94 @@ enum Command {
         /// Where the gateway listens (loopback only).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Where the admin listener listens (loopback only).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Exit 0 if `url` answers 2xx within 2 s, else 1: a health check for
+    /// images without curl.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+    },
+    /// Demo services for compose and trials; never for production.
+    #[command(subcommand)]
+    Demo(Demo),
+}
+
+#[derive(Subcommand)]
+enum Demo {
+    /// An identity provider: a JWKS, discovery, and `/token?sub=..&roles=a,b`
+    /// minting one-hour tokens for anyone who asks.
+    Idp {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        audience: String,
+    },
+    /// An upstream that answers every request with the request it got, as JSON.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        // a closed stderr must not turn every logged request into a panic
-        .log_internal_errors(false)
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the runtime: {error}")),
     };
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => {
+            init_logging(&LogConfig::default());
+            check(&config)
+        }
         Command::Run { config } => runtime.block_on(run(&config)),
-        Command::Dev { listen } => match runtime.block_on(portcullis::dev::run(listen, shutdown_signal())) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => fail(error.to_string()),
+        Command::Explain { config, method, url, headers, token, offline } => {
+            init_logging(&LogConfig { level: "warn".into(), ..LogConfig::default() });
+            let question = Question { method, url, headers, token, offline };
+            runtime.block_on(explain(&config, &question))
+        }
+        Command::Dev { listen, admin_listen } => {
+            init_logging(&LogConfig::default());
+            match runtime.block_on(portcullis::dev::run(listen, admin_listen, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(error.to_string()),
+            }
+        }
+        Command::Health { url } => match runtime.block_on(portcullis::admin::probe(&url, Duration::from_secs(2))) {
+            Ok(status) if status.is_success() => ExitCode::SUCCESS,
+            Ok(status) => fail(format!("{url}: {status}")),
+            Err(error) => fail(error),
         },
+        Command::Demo(demo) => {
+            init_logging(&LogConfig::default());
+            let served = match demo {
+                Demo::Idp { listen, issuer, audience } => {
+                    runtime.block_on(portcullis::dev::demo_idp(listen, &issuer, &audience, shutdown_signal()))
+                }
+                Demo::Echo { listen } => runtime.block_on(portcullis::dev::demo_echo(listen, shutdown_signal())),
+            };
+            served.map_or_else(|error| fail(error.to_string()), |()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Logs to stderr as `[log]` says; `RUST_LOG`, when set, overrides the level.
+fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        // a closed stderr must not turn every logged request into a panic
+        .log_internal_errors(false);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
     }
 }
 
@@ -77,19 +167,46 @@ async fn run(path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(error.to_string()),
     };
+    init_logging(&config.log);
     let gateway = match Gateway::bind(&config).await {
         Ok(gateway) => gateway,
         Err(error) => return fail(error.to_string()),
     };
-    tracing::info!(addr = %gateway.local_addr(), config = %config.origin, routes = config.routes.len(), "listening");
+    tracing::info!(
+        addr = %gateway.local_addr(),
+        admin = gateway.admin_addr().map(|addr| addr.to_string()),
+        config = %config.origin,
+        sha256 = %config.sha256,
+        routes = config.routes.len(),
+        "listening"
+    );
     reload_on_hangup(gateway.reloader());
     gateway.serve(shutdown_signal()).await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
+async fn explain(path: &Path, question: &Question) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => return fail_with(2, error.to_string()),
+    };
+    match portcullis::explain::explain(&config, question).await {
+        Ok(answer) => {
+            print!("{}", answer.text);
+            if answer.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(error) => fail_with(2, error.to_string()),
+    }
+}
+
 fn fail(message: String) -> ExitCode {
+    fail_with(1, message)
+}
+
+fn fail_with(code: u8, message: String) -> ExitCode {
     eprintln!("error: {message}");
-    ExitCode::FAILURE
+    ExitCode::from(code)
 }
 
 /// `SIGHUP` re-reads the config file (errors are logged by the reloader).

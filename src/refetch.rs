@@ -175,6 +175,11 @@ impl Refetch {
         tokio::time::Instant::from_std(at)
     }
 
+    /// How many loads (good or bad) have completed.
+    pub(crate) fn loads(&self) -> u64 {
+        *self.completed.borrow()
+    }
+
     /// Records a completed fetch, good (`ok`) or not; `early` is the
     /// `asked_at` it served, if it was an early one.
     pub(crate) fn completed(&self, early: Option<u64>, ok: bool) {

@@ -160,11 +160,15 @@ impl Inner {
 
     fn swap_in(&self, path: &Path, seen: &mut Seen) -> Result<(), ConfigError> {
         let config = Arc::new(Config::load(path)?);
-        let serving = Serving::new(&config)?;
+        // hashed before reading, so a change in between is seen next time
         let tls = config.server.tls.as_ref().map(tls_hashes).unwrap_or_default();
+        let serving = Serving::new(&config)?;
         let applied = self.control.reload(config.clone())?;
         self.serving.store(Arc::new(serving));
-        seen.tls = tls;
+        if tls != seen.tls {
+            self.metrics.certificate_reloads.record(true);
+            seen.tls = tls;
+        }
         for key in self.bound.needs_restart(&config) {
             tracing::warn!(key, "changed in the config, but applies only after a restart");
         }

@@ -65,6 +65,12 @@ pub struct LogConfig {
     pub include_sub: bool,
 }
 
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into(), include_sub: false }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -343,27 +349,8 @@ impl Config {
 
     /// Validates config `text`; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        Config::parse_with(text, origin, |_| {})
-    }
-
-    /// Like `parse`, with a chance to adjust the file before validation
-    /// (dev mode fills in the addresses it made).
-    pub(crate) fn parse_with(
-        text: &str,
-        origin: &str,
-        adjust: impl FnOnce(&mut ConfigFile),
-    ) -> Result<Config, ConfigError> {
         let lines = KeyLines::scan(text);
-        let mut file: ConfigFile = toml::from_str(text).map_err(|error| {
-            let line = error.span().map(|span| locate::line_at(text, span.start));
-            ConfigError {
-                file: origin.to_owned(),
-                line,
-                key: line.and_then(|line| lines.key_at_line(line)).map(str::to_owned),
-                reason: error.message().trim().to_owned(),
-            }
-        })?;
-        adjust(&mut file);
+        let file = parse_file(text, origin, &lines)?;
         let lines = Arc::new(lines);
         let redacted = Arc::new(redact::file(&file));
         let mut config = validate::config(file, origin, lines.clone()).map_err(|Invalid { key, reason }| {
@@ -372,6 +359,18 @@ impl Config {
         config.sha256 = redact::sha256_hex(text.as_bytes());
         config.redacted = redacted;
         Ok(config)
+    }
+
+    /// `text` changed by `adjust` and written back as TOML, comments lost
+    /// (dev mode fills in the addresses it made).
+    pub(crate) fn rewrite(
+        text: &str,
+        origin: &str,
+        adjust: impl FnOnce(&mut ConfigFile),
+    ) -> Result<String, ConfigError> {
+        let mut file = parse_file(text, origin, &KeyLines::scan(text))?;
+        adjust(&mut file);
+        toml::to_string(&file).map_err(|error| ConfigError::whole_file(origin.to_owned(), error.to_string()))
     }
 
     /// The file as written, credentials redacted, as JSON.
@@ -405,6 +404,19 @@ impl Config {
         }
         out
     }
+}
+
+/// The TOML of a config file, without validation; errors name the line.
+fn parse_file(text: &str, origin: &str, lines: &KeyLines) -> Result<ConfigFile, ConfigError> {
+    toml::from_str(text).map_err(|error| {
+        let line = error.span().map(|span| locate::line_at(text, span.start));
+        ConfigError {
+            file: origin.to_owned(),
+            line,
+            key: line.and_then(|line| lines.key_at_line(line)).map(str::to_owned),
+            reason: error.message().trim().to_owned(),
+        }
+    })
 }
 
 impl fmt::Display for KeySource {

@@ -8,8 +8,8 @@ use super::ConfigFile;
 
 const REDACTED: &str = "REDACTED";
 
-/// The file as JSON, with credentials in URLs (`https://user:pass@host`,
-/// `redis://:pass@host`) redacted.
+/// The file as JSON, keys left unset left out, with credentials in URLs
+/// (`https://user:pass@host`, `redis://:pass@host`) redacted.
 pub(super) fn file(file: &ConfigFile) -> Value {
     let mut value = serde_json::to_value(file).unwrap_or(Value::Null);
     redact(&mut value);
@@ -24,7 +24,10 @@ fn redact(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
-        Value::Object(members) => members.values_mut().for_each(redact),
+        Value::Object(members) => {
+            members.retain(|_, value| !value.is_null());
+            members.values_mut().for_each(redact);
+        }
         _ => {}
     }
 }
@@ -48,7 +51,8 @@ mod tests {
 
     #[test]
     fn passwords_in_urls_are_redacted() {
-        let mut value = json!({"a": ["https://u:secret@idp.test/jwks", "https://idp.test/x", "plain"], "b": 3});
+        let mut value =
+            json!({"a": ["https://u:secret@idp.test/jwks", "https://idp.test/x", "plain"], "b": 3, "c": null});
         redact(&mut value);
         assert_eq!(value, json!({"a": ["https://u:REDACTED@idp.test/jwks", "https://idp.test/x", "plain"], "b": 3}));
         assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");

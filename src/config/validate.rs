@@ -52,14 +52,15 @@ fn admin(file: AdminFile) -> Result<AdminConfig, Invalid> {
 }
 
 fn log(file: LogFile) -> Result<LogConfig, Invalid> {
-    let level = file.level.unwrap_or_else(|| "info".to_owned());
+    let defaults = LogConfig::default();
+    let level = file.level.unwrap_or(defaults.level);
     if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
         return Err(invalid("log.level", format!("{level:?} is not a level or filter like \"info\": {error}")));
     }
     Ok(LogConfig {
-        format: file.format.unwrap_or(LogFormat::Text),
+        format: file.format.unwrap_or(defaults.format),
         level,
-        include_sub: file.include_sub.unwrap_or(false),
+        include_sub: file.include_sub.unwrap_or(defaults.include_sub),
     })
 }
 

@@ -24,8 +24,12 @@ pub struct EchoUpstream {
 }
 
 impl EchoUpstream {
+    /// Binds a free loopback port and serves there.
     pub async fn start() -> std::io::Result<EchoUpstream> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        EchoUpstream::serve(TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    pub fn serve(listener: TcpListener) -> std::io::Result<EchoUpstream> {
         let echo =
             EchoUpstream { addr: listener.local_addr()?, requests: Arc::default(), stop: CancellationToken::new() };
         let requests = echo.requests.clone();

@@ -168,11 +168,23 @@ impl IdentityProvider {
     /// Serves on `listener`, publishing `signer`'s key; tokens from
     /// `/token` carry `issuer` and `audience`.
     pub fn serve(listener: TcpListener, issuer: &str, audience: &str, signer: Arc<SigningKey>) -> IdentityProvider {
+        IdentityProvider::serve_at(listener, None, issuer, audience, signer)
+    }
+
+    /// Like `serve`, for clients that reach it at `public_url` (say, a
+    /// container name) rather than at the address it listens on.
+    pub fn serve_at(
+        listener: TcpListener,
+        public_url: Option<&str>,
+        issuer: &str,
+        audience: &str,
+        signer: Arc<SigningKey>,
+    ) -> IdentityProvider {
         let addr = listener.local_addr().expect("a bound listener has an address");
         let shared = Arc::new(Shared {
             document: Mutex::new(json!({"keys": [signer.jwk()]})),
             minter: Minter { issuer: issuer.to_owned(), audience: audience.to_owned(), signer },
-            jwks_url: format!("http://{addr}/.well-known/jwks.json"),
+            jwks_url: format!("{}/.well-known/jwks.json", public_url.unwrap_or(&format!("http://{addr}"))),
             fetches: AtomicUsize::new(0),
             stalled: AtomicBool::new(false),
             advertised_jwks_uri: Mutex::default(),

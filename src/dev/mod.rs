@@ -50,16 +50,23 @@ pub enum DevError {
 
 /// Runs the demo until `shutdown` completes. `listen` overrides the dev
 /// config's address (tests pass `127.0.0.1:0`).
-pub async fn run(listen: Option<SocketAddr>, shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
+pub async fn run(
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DevError> {
     let dir = tempfile::Builder::new().prefix("portcullis-dev-").tempdir()?;
     let (cert, key) = write_self_signed_certificate(dir.path())?;
     let echo = EchoUpstream::start().await?;
     let idp_listener = TcpListener::bind("127.0.0.1:0").await?;
     let jwks_url = format!("http://{}/.well-known/jwks.json", idp_listener.local_addr()?);
 
-    let config = Config::parse_with(DEV_CONFIG, DEV_CONFIG_ORIGIN, |file| {
+    let text = Config::rewrite(DEV_CONFIG, DEV_CONFIG_ORIGIN, |file| {
         if let Some(listen) = listen {
             file.server.listen = Some(listen.to_string());
+        }
+        if let (Some(admin), Some(listen)) = (&mut file.admin, admin_listen) {
+            admin.listen = listen.to_string();
         }
         file.server.tls_cert = Some(cert.clone());
         file.server.tls_key = Some(key.clone());
@@ -71,8 +78,16 @@ pub async fn run(listen: Option<SocketAddr>, shutdown: impl Future<Output = ()>)
         }
     })
     .map_err(StartError::from)?;
-    if !config.server.listen.ip().is_loopback() {
-        return Err(DevError::NotLoopback(config.server.listen));
+    // an ordinary config file from here on: watched, reloadable, explainable
+    let config_path = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config_path,
+        format!("# portcullis dev: {DEV_CONFIG_ORIGIN} with the addresses made at start\n{text}"),
+    )?;
+    let config = Config::load(&config_path).map_err(StartError::from)?;
+    let addresses = std::iter::once(config.server.listen).chain(config.admin.as_ref().map(|admin| admin.listen));
+    if let Some(exposed) = addresses.into_iter().find(|addr| !addr.ip().is_loopback()) {
+        return Err(DevError::NotLoopback(exposed));
     }
     let provider = &config.providers[0];
     let idp = IdentityProvider::serve(
@@ -83,14 +98,50 @@ pub async fn run(listen: Option<SocketAddr>, shutdown: impl Future<Output = ()>)
     );
     let gateway = Gateway::bind(&config).await?;
     let base = format!("https://{}", gateway.local_addr());
-    print_instructions(&base, &cert, &idp, &echo)?;
+    let made = Made { base, cert, config: config_path, admin: gateway.admin_addr() };
+    print_instructions(&made, &idp, &echo)?;
     gateway.serve(shutdown).await;
     Ok(())
 }
 
-fn print_instructions(base: &str, cert: &Path, idp: &IdentityProvider, echo: &EchoUpstream) -> std::io::Result<()> {
+/// `portcullis demo idp`: an identity provider for demos (compose), not
+/// for production: it mints a token for whoever asks at `/token`.
+pub async fn demo_idp(
+    listen: SocketAddr,
+    issuer: &str,
+    audience: &str,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    let public_url = issuer.starts_with("http").then(|| issuer.trim_end_matches('/'));
+    let signer = Arc::new(SigningKey::generate("demo-key-1"));
+    let idp = IdentityProvider::serve_at(listener, public_url, issuer, audience, signer);
+    tracing::info!(addr = %idp.addr(), issuer, jwks_url = %idp.jwks_url(), "demo identity provider: GET /token?sub=alice&roles=admin");
+    shutdown.await;
+    Ok(())
+}
+
+/// `portcullis demo echo`: an upstream that answers with the request it got.
+pub async fn demo_echo(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let echo = EchoUpstream::serve(TcpListener::bind(listen).await?)?;
+    tracing::info!(url = %echo.url(), "demo echo upstream");
+    shutdown.await;
+    Ok(())
+}
+
+/// What dev mode made at start.
+struct Made {
+    /// The gateway's `https://` address.
+    base: String,
+    cert: PathBuf,
+    config: PathBuf,
+    admin: Option<SocketAddr>,
+}
+
+fn print_instructions(made: &Made, idp: &IdentityProvider, echo: &EchoUpstream) -> std::io::Result<()> {
+    let base = &made.base;
     let token = idp.token("alice", &["admin"], Duration::from_secs(3600));
-    let curl = format!("curl -si --cacert {}", cert.display());
+    let curl = format!("curl -si --cacert {}", made.cert.display());
     let bearer = "-H \"Authorization: Bearer $TOKEN\"";
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -114,6 +165,16 @@ fn print_instructions(base: &str, cert: &Path, idp: &IdentityProvider, echo: &Ec
         idp.addr()
     )?;
     writeln!(out, "{curl} {base}/public/ping    # 200: a public route, no token needed")?;
+    let exe = std::env::current_exe().map_or_else(|_| "portcullis".into(), |exe| exe.display().to_string());
+    let config = made.config.display();
+    writeln!(
+        out,
+        "{exe} explain --config {config} GET {base}/admin/stats --token \"$(curl -s 'http://{}/token?sub=bob')\"    # why bob gets 403",
+        idp.addr()
+    )?;
+    if let Some(admin) = made.admin {
+        writeln!(out, "curl -s http://{admin}/readyz    # the admin listener: also /healthz, /metrics, /config")?;
+    }
     out.flush()
 }
 

@@ -214,17 +214,17 @@ async fn run_serves_the_config_and_stops_on_sigterm() {
 #[tokio::test]
 async fn dev_mode_prints_commands_that_work() {
     let mut child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0"])
+        .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let lines =
-        read_lines(child.stdout.take().unwrap(), |seen| seen.iter().filter(|l| l.starts_with("curl ")).count() == 6)
+        read_lines(child.stdout.take().unwrap(), |seen| seen.iter().filter(|l| l.starts_with("curl ")).count() == 7)
             .await;
     let export = lines.iter().find(|l| l.starts_with("export TOKEN=")).expect("an export TOKEN line");
-    let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl ")).collect();
+    let commands: Vec<&String> = lines.iter().filter(|l| l.starts_with("curl -si")).collect();
     assert_eq!(commands.len(), 6, "{lines:#?}");
 
     let mut expected =
@@ -245,5 +245,16 @@ async fn dev_mode_prints_commands_that_work() {
         }
         assert!(!response.contains("mallory"), "{response}");
     }
+    let run = |line: &String| {
+        let script = format!("{export}\n{line}");
+        async move { Command::new("bash").args(["-c", &script]).output().await.unwrap() }
+    };
+    let readyz = lines.iter().find(|l| l.contains("/readyz")).expect("a readyz line");
+    assert!(text(&run(readyz).await.stdout).contains("\"ready\":true"), "{readyz}");
+    let explain = lines.iter().find(|l| l.contains(" explain ")).expect("an explain line");
+    let output = run(explain).await;
+    let answer = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{explain}\n{answer}{}", text(&output.stderr));
+    assert!(answer.contains("FAIL required claims") && answer.contains("DENY 403"), "{answer}");
     assert!(terminate(&mut child).await.success());
 }

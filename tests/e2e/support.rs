@@ -71,6 +71,8 @@ pub struct Options {
     /// More keys for `[server]`.
     pub server: String,
     pub tls: bool,
+    /// An admin listener on a free port.
+    pub admin: bool,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             providers: None,
             server: String::new(),
             tls: true,
+            admin: false,
         }
     }
 }
@@ -105,7 +108,8 @@ impl Options {
     fn render(&self, listen: &str, tls: (&PathBuf, &PathBuf), idp: &IdentityProvider, upstream: &str) -> String {
         let (cert, key) = tls;
         let tls = if self.tls { format!("tls_cert = {cert:?}\ntls_key = {key:?}\n") } else { String::new() };
-        format!("[server]\nlisten = \"{listen}\"\n{tls}\n{}\n{}", self.server, self.text(idp, upstream))
+        let admin = if self.admin { "[admin]\nlisten = \"127.0.0.1:0\"\n" } else { "" };
+        format!("[server]\nlisten = \"{listen}\"\n{tls}\n{}\n{admin}{}", self.server, self.text(idp, upstream))
     }
 
     /// The config text for `idp` and `upstream`, without `[server]`.
@@ -145,6 +149,8 @@ pub struct Stack {
     /// Cancel to shut the gateway down; `served` then ends.
     pub stop: CancellationToken,
     pub served: tokio::task::JoinHandle<()>,
+    /// The admin listener's address, when `Options::admin` asked for one.
+    pub admin: Option<SocketAddr>,
     tls: bool,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     pub dir: tempfile::TempDir,
@@ -174,6 +180,7 @@ impl Stack {
         let gateway = Gateway::bind(&config).await.unwrap_or_else(|e| panic!("{e}"));
         let addr = gateway.local_addr();
         let reloader = gateway.reloader();
+        let admin = gateway.admin_addr();
         let stop = CancellationToken::new();
         let served = tokio::spawn(gateway.serve(stop.clone().cancelled_owned()));
         let client = client(&cert, Version::HTTP_11);
@@ -188,6 +195,7 @@ impl Stack {
             reloader,
             stop: stop.clone(),
             served,
+            admin,
             tls: options.tls,
             client,
             dir,
