@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::config::RouteMode;
@@ -38,8 +38,8 @@ fn is_sane(id: &[u8]) -> bool {
 
 /// 128 random bits in hex: unique enough to find one request in the logs.
 fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).expect("hex digits are a valid header value")
+    let id = Bytes::from(format!("{:032x}", fastrand::u128(..)));
+    HeaderValue::from_maybe_shared(id).expect("hex digits are a valid header value")
 }
 
 /// What the gateway decided about a request.
@@ -72,7 +72,8 @@ pub(crate) struct Exchange {
     pub(crate) route: Option<usize>,
     pub(crate) request_id: HeaderValue,
     method: Method,
-    path: String,
+    /// Its path is logged; the query never is.
+    uri: Uri,
     peer: SocketAddr,
     decision: Decision,
     reason: Option<&'static str>,
@@ -82,20 +83,14 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    pub(crate) fn begin(
-        snapshot: Arc<Snapshot>,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-    ) -> Exchange {
+    pub(crate) fn begin<B>(snapshot: Arc<Snapshot>, request: &Request<B>, peer: SocketAddr) -> Exchange {
         Exchange {
             started: Instant::now(),
             snapshot,
             route: None,
-            request_id: request_id(headers),
-            method: method.clone(),
-            path: path.to_owned(),
+            request_id: request_id(request.headers()),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
             peer,
             decision: Decision::Allow,
             reason: None,
@@ -151,7 +146,7 @@ impl Exchange {
             request_id = %String::from_utf8_lossy(self.request_id.as_bytes()),
             route = route.map_or("-", |r| r.name.as_str()),
             method = %self.method,
-            path = %self.path,
+            path = self.uri.path(),
             status = status.as_u16(),
             decision = self.decision.as_str(),
             reason = self.reason,

@@ -88,9 +88,7 @@ impl Proxy {
         connection: Connection,
     ) -> Response<Logged<ProxyBody>> {
         let snapshot = self.state.load_full();
-        let path = request.uri().path();
-        let mut exchange =
-            Exchange::begin(snapshot.clone(), request.method(), path, request.headers(), connection.peer.addr);
+        let mut exchange = Exchange::begin(snapshot.clone(), &request, connection.peer.addr);
         let outcome = match admit(&snapshot, &request, connection.peer.tls) {
             Ok(admitted) => {
                 exchange.route = Some(admitted.index);

@@ -264,6 +264,8 @@ async fn request_ids_are_kept_when_sane_made_otherwise_and_sent_both_ways() {
     assert_eq!((denied.status, denied.header("x-request-id")), (401, "req-43"), "denials carry it too");
 
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let traced = stack.get("/orders", &[("authorization", &bearer), ("traceparent", traceparent)]).await;
+    let trace = [("authorization", bearer.as_str()), ("traceparent", traceparent), ("tracestate", "congo=t61rcWkgMzE")];
+    let traced = stack.get("/orders", &trace).await;
     assert_eq!(traced.upstream_header("traceparent"), Some(json!(traceparent)));
+    assert_eq!(traced.upstream_header("tracestate"), Some(json!("congo=t61rcWkgMzE")));
 }
