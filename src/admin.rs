@@ -25,8 +25,6 @@ use crate::metrics::Metrics;
 use crate::state::{SharedState, Snapshot};
 
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often histogram samples are folded into buckets between scrapes.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the admin endpoints read.
 pub(crate) struct Admin {
@@ -40,7 +38,6 @@ pub(crate) struct Admin {
 impl Admin {
     /// Serves `listener` until `stop`.
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
         loop {
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -51,10 +48,6 @@ impl Admin {
                         continue;
                     }
                 },
-                _ = upkeep.tick() => {
-                    self.metrics.upkeep();
-                    continue;
-                }
                 () = stop.cancelled() => return,
             };
             let (admin, stop) = (self.clone(), stop.clone());

@@ -14,9 +14,12 @@ use std::time::{Duration, SystemTime};
 use http::{Method, StatusCode};
 use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteMode;
 use crate::state::Snapshot;
+
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Request latencies, in seconds: 100 µs to 30 s.
 const LATENCY_BUCKETS: [f64; 16] =
@@ -156,10 +159,16 @@ impl Metrics {
         self.handle.render()
     }
 
-    /// Drains histogram samples into their buckets; run now and then so
-    /// memory stays flat between scrapes.
-    pub(crate) fn upkeep(&self) {
-        self.handle.run_upkeep();
+    /// Folds histogram samples into their buckets every few seconds until
+    /// `stop`, so memory stays flat between scrapes (or without any).
+    pub(crate) async fn keep_up(self: Arc<Self>, stop: CancellationToken) {
+        let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = upkeep.tick() => self.handle.run_upkeep(),
+                () = stop.cancelled() => return,
+            }
+        }
     }
 
     fn gauge(&self, name: &'static str, labels: Vec<Label>) -> metrics::Gauge {

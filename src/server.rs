@@ -53,6 +53,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     slots: Arc<Slots>,
     reloader: Reloader,
+    metrics: Arc<Metrics>,
     admin: Option<(TcpListener, Arc<Admin>)>,
     /// Cancelled when shutdown begins (the admin listener reports not ready).
     draining: CancellationToken,
@@ -104,12 +105,18 @@ impl Gateway {
         let limits = &config.server.limits;
         let slots = Slots::new(limits.max_connections, limits.max_connections_per_client);
         let draining = CancellationToken::new();
-        let admin = Arc::new(Admin { state: state.clone(), metrics, slots: slots.clone(), draining: draining.clone() });
+        let admin = Arc::new(Admin {
+            state: state.clone(),
+            metrics: metrics.clone(),
+            slots: slots.clone(),
+            draining: draining.clone(),
+        });
         Ok(Gateway {
             listener,
             slots,
             shared: Arc::new(Shared { serving, proxy: Arc::new(Proxy { state }) }),
             reloader,
+            metrics,
             admin: admin_listener.map(|listener| (listener, admin)),
             draining,
             background: background.clone(),
@@ -136,6 +143,7 @@ impl Gateway {
     /// in-flight requests finish (up to `server.shutdown_timeout`).
     pub async fn serve(mut self, shutdown: impl Future<Output = ()>) {
         tokio::spawn(self.reloader.clone().watch(self.background.clone()));
+        tokio::spawn(self.metrics.clone().keep_up(self.background.clone()));
         let admin_stop = CancellationToken::new();
         let _admin_stop = admin_stop.clone().drop_guard();
         if let Some((listener, admin)) = self.admin.take() {
