@@ -8,11 +8,12 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde::Deserialize;
 use std::str::FromStr;
 
 use super::VerifyingKey;
+use super::verifier::Material;
 
 pub(crate) const MIN_RSA_BITS: usize = 2048;
 pub(crate) const MIN_SECRET_BYTES: usize = 32;
@@ -67,7 +68,7 @@ pub(crate) fn verifying_key(jwk: Jwk, accepted: &[Algorithm], secrets_allowed: b
     if jwk.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
         return Err("key_ops does not allow \"verify\"".into());
     }
-    let (decoding, fitting) = match jwk.kty.as_str() {
+    let (material, fitting) = match jwk.kty.as_str() {
         "RSA" => rsa(&jwk)?,
         "EC" => ec(&jwk)?,
         "OKP" => okp(&jwk)?,
@@ -76,7 +77,7 @@ pub(crate) fn verifying_key(jwk: Jwk, accepted: &[Algorithm], secrets_allowed: b
         other => return Err(format!("key type {other:?} is not supported")),
     };
     let algorithms = pinned(jwk.alg.as_deref(), fitting, accepted, &jwk.kty)?;
-    Ok(VerifyingKey { kid: jwk.kid, algorithms, decoding })
+    VerifyingKey::new(jwk.kid, &material, algorithms)
 }
 
 /// The algorithms a key verifies: its own `alg`, or the provider's that fit.
@@ -115,15 +116,14 @@ fn bytes(value: &Option<String>, name: &str) -> Result<Vec<u8>, String> {
     URL_SAFE_NO_PAD.decode(member(value, name)?).map_err(|_| format!("{name:?} is not base64url"))
 }
 
-fn rsa(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
+fn rsa(jwk: &Jwk) -> Result<(Material, &'static [Algorithm]), String> {
     let modulus = bytes(&jwk.n, "n")?;
     let bits = modulus_bits(&modulus);
     if bits < MIN_RSA_BITS {
         return Err(format!("an RSA key of {bits} bits is under {MIN_RSA_BITS}"));
     }
-    let key = DecodingKey::from_rsa_components(member(&jwk.n, "n")?, member(&jwk.e, "e")?)
-        .map_err(|e| format!("unusable RSA key: {e}"))?;
-    Ok((key, AlgorithmFamily::Rsa.algorithms()))
+    let material = Material::Rsa { n: modulus, e: bytes(&jwk.e, "e")? };
+    Ok((material, AlgorithmFamily::Rsa.algorithms()))
 }
 
 /// The size of a big-endian modulus in bits, leading zeros not counted.
@@ -134,40 +134,44 @@ fn modulus_bits(modulus: &[u8]) -> usize {
     }
 }
 
-fn ec(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
-    let fitting: &'static [Algorithm] = match member(&jwk.crv, "crv")? {
-        "P-256" => &[Algorithm::ES256],
-        "P-384" => &[Algorithm::ES384],
+fn ec(jwk: &Jwk) -> Result<(Material, &'static [Algorithm]), String> {
+    let (fitting, size): (&'static [Algorithm], usize) = match member(&jwk.crv, "crv")? {
+        "P-256" => (&[Algorithm::ES256], 32),
+        "P-384" => (&[Algorithm::ES384], 48),
         other => return Err(format!("curve {other:?} is not supported")),
     };
-    let key = DecodingKey::from_ec_components(member(&jwk.x, "x")?, member(&jwk.y, "y")?)
-        .map_err(|e| format!("unusable EC key: {e}"))?;
-    Ok((key, fitting))
+    let (x, y) = (bytes(&jwk.x, "x")?, bytes(&jwk.y, "y")?);
+    if x.len() != size || y.len() != size {
+        return Err(format!("a point on this curve has coordinates of {size} bytes"));
+    }
+    // the uncompressed form (SEC 1 §2.3.3); whether it is on the curve is
+    // checked when the verifier is parsed
+    let point = [&[0x04][..], &x, &y].concat();
+    Ok((Material::Ec(point), fitting))
 }
 
-fn okp(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
+fn okp(jwk: &Jwk) -> Result<(Material, &'static [Algorithm]), String> {
     if member(&jwk.crv, "crv")? != "Ed25519" {
         return Err(format!("curve {:?} is not supported", jwk.crv.as_deref().unwrap_or_default()));
     }
-    if bytes(&jwk.x, "x")?.len() != 32 {
+    let x = bytes(&jwk.x, "x")?;
+    if x.len() != 32 {
         return Err("an Ed25519 key is 32 bytes".into());
     }
-    let key =
-        DecodingKey::from_ed_components(member(&jwk.x, "x")?).map_err(|e| format!("unusable Ed25519 key: {e}"))?;
-    Ok((key, AlgorithmFamily::Ed.algorithms()))
+    Ok((Material::Ed25519(x), AlgorithmFamily::Ed.algorithms()))
 }
 
-fn secret(jwk: &Jwk) -> Result<(DecodingKey, &'static [Algorithm]), String> {
+fn secret(jwk: &Jwk) -> Result<(Material, &'static [Algorithm]), String> {
     let secret = bytes(&jwk.k, "k")?;
     Ok((hmac_key(&secret)?, AlgorithmFamily::Hmac.algorithms()))
 }
 
 /// A shared secret long enough to resist guessing (RFC 7518 §3.2).
-pub(crate) fn hmac_key(secret: &[u8]) -> Result<DecodingKey, String> {
+pub(crate) fn hmac_key(secret: &[u8]) -> Result<Material, String> {
     if secret.len() < MIN_SECRET_BYTES {
         return Err(format!("a secret of {} bytes is shorter than {MIN_SECRET_BYTES}", secret.len()));
     }
-    Ok(DecodingKey::from_secret(secret))
+    Ok(Material::Secret(secret.to_vec()))
 }
 
 #[cfg(test)]
@@ -225,9 +229,9 @@ mod tests {
     fn pins_algorithms_by_jwk_or_by_provider() {
         let accepted = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256];
         let key = |jwk: Value| verifying_key(serde_json::from_value(jwk).unwrap(), &accepted, false);
-        assert_eq!(key(rsa_jwk("a", 256)).unwrap().algorithms, [Algorithm::RS256, Algorithm::PS256]);
+        assert_eq!(key(rsa_jwk("a", 256)).unwrap().algorithms(), [Algorithm::RS256, Algorithm::PS256]);
         let pinned = key(with(rsa_jwk("b", 256), "alg", json!("PS256"))).unwrap();
-        assert_eq!(pinned.algorithms, [Algorithm::PS256]);
+        assert_eq!(pinned.algorithms(), [Algorithm::PS256]);
         assert!(key(with(rsa_jwk("c", 256), "alg", json!("ES256"))).is_err(), "alg must fit the key type");
         assert!(key(with(rsa_jwk("d", 256), "alg", json!("RS384"))).is_err(), "alg must be accepted");
     }

@@ -69,7 +69,7 @@ fn public_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<VerifyingKey, Stri
 }
 
 fn secret_key(secret: &[u8], algorithms: &[Algorithm]) -> Result<VerifyingKey, String> {
-    Ok(VerifyingKey { kid: None, algorithms: algorithms.to_vec(), decoding: super::jwk::hmac_key(secret)? })
+    VerifyingKey::new(None, &super::jwk::hmac_key(secret)?, algorithms.to_vec())
 }
 
 #[cfg(test)]

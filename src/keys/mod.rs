@@ -11,37 +11,51 @@ mod cache;
 mod jwk;
 mod local;
 mod remote;
+mod verifier;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 
 pub(crate) use cache::{load as load_cached, store as store_cached};
 pub(crate) use local::{Fingerprint, load as load_local};
 pub(crate) use remote::Fetcher;
+pub(crate) use verifier::KeyFingerprint;
 
 use crate::token::{Jwt, Reason};
 
-/// A key with everything needed to check a signature.
+/// A key with everything needed to check a signature, parsed once.
 pub(crate) struct VerifyingKey {
     kid: Option<String>,
-    /// Fixed when the key was loaded; never taken from a token.
-    algorithms: Vec<Algorithm>,
-    decoding: DecodingKey,
+    /// One per algorithm the key is pinned to: fixed when the key was
+    /// loaded, never taken from a token.
+    verifiers: Vec<(Algorithm, verifier::Verifier)>,
+    /// The token cache trusts a verification only while its key set still
+    /// holds a key with this fingerprint.
+    pub(crate) fingerprint: KeyFingerprint,
 }
 
 impl VerifyingKey {
+    fn new(kid: Option<String>, material: &verifier::Material, algorithms: Vec<Algorithm>) -> Result<Self, String> {
+        let verifiers =
+            algorithms.iter().map(|&alg| Ok((alg, material.verifier(alg)?))).collect::<Result<Vec<_>, String>>()?;
+        let fingerprint = material.fingerprint(kid.as_deref(), &algorithms);
+        Ok(VerifyingKey { kid, verifiers, fingerprint })
+    }
+
     /// Checks the token's algorithm against the key's and its signature.
     pub(crate) fn verify(&self, jwt: &Jwt<'_>) -> Result<(), Reason> {
-        if !self.algorithms.contains(&jwt.alg) {
-            return Err(Reason::BadAlgorithm);
+        let (_, verifier) = self.verifiers.iter().find(|(alg, _)| *alg == jwt.alg).ok_or(Reason::BadAlgorithm)?;
+        match verifier.verify(jwt.signing_input.as_bytes(), jwt.signature) {
+            true => Ok(()),
+            false => Err(Reason::BadSignature),
         }
-        let message = jwt.signing_input.as_bytes();
-        match jsonwebtoken::crypto::verify(jwt.signature, message, &self.decoding, jwt.alg) {
-            Ok(true) => Ok(()),
-            _ => Err(Reason::BadSignature),
-        }
+    }
+
+    #[cfg(test)]
+    fn algorithms(&self) -> Vec<Algorithm> {
+        self.verifiers.iter().map(|(alg, _)| *alg).collect()
     }
 }
 
