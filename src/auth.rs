@@ -5,41 +5,82 @@
 //! token's `iss` picks the one provider whose keys are tried; the algorithm
 //! is the one pinned to the key, never the one a token names.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::config::{AuthMode, ClaimRequirement, RouteConfig, TokenSource};
+use crate::headers::claim_header_value;
+use crate::keys::KeySet;
 use crate::refetch::keys_for;
-use crate::state::{SharedState, Snapshot};
+use crate::state::{Provider, SharedState, Snapshot};
 use crate::token::{self, Reason};
+use crate::token_cache::Verified;
 
 /// The verified claims of a token, and where the token was found.
 #[derive(Debug)]
 pub(crate) struct Identity {
-    claims: Map<String, Value>,
+    claims: Arc<Claims>,
     pub(crate) source: TokenSource,
+}
+
+/// A verified token's claims, with the header value of each claim a route
+/// injects rendered once, when the token was verified (and then cached).
+#[derive(Debug)]
+pub(crate) struct Claims {
+    map: Map<String, Value>,
+    /// `None`: the claim cannot be sent as a header.
+    rendered: Vec<(String, Option<HeaderValue>)>,
+}
+
+impl Claims {
+    pub(crate) fn new(map: Map<String, Value>, injected: &[String]) -> Claims {
+        let rendered = injected
+            .iter()
+            .filter_map(|name| Some((name.clone(), claim_header_value(claim_of(&map, name)?))))
+            .collect();
+        Claims { map, rendered }
+    }
 }
 
 impl Identity {
     /// A claim by name; a dotted name (`realm_access.roles`) that is not a
     /// top-level claim is looked up as a path into nested objects.
     pub(crate) fn claim(&self, name: &str) -> Option<&Value> {
-        claim_of(&self.claims, name)
+        claim_of(&self.claims.map, name)
+    }
+
+    /// Claim `name` as a header value: `None` when the token lacks it,
+    /// `Some(None)` when it cannot be sent as a header.
+    pub(crate) fn header_value(&self, name: &str) -> Option<Option<HeaderValue>> {
+        match self.claims.rendered.iter().find(|(claim, _)| claim == name) {
+            Some((_, value)) => Some(value.clone()),
+            None => self.claim(name).map(claim_header_value),
+        }
     }
 
     /// `iss`, `sub` and expiry, for people reading `explain`.
     pub(crate) fn summary(&self) -> String {
-        let text = |name: &str| self.claims.get(name).and_then(Value::as_str).unwrap_or("-").to_owned();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        let expiry = match self.claims.get("exp").and_then(Value::as_f64) {
-            Some(exp) => format!("expires in {}s", (exp - now).max(0.0).round()),
+        let claims = &self.claims.map;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or("-").to_owned();
+        let expiry = match claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) => format!("expires in {}s", (exp - epoch_seconds()).max(0.0).round()),
             None => "no expiry".to_owned(),
         };
         format!("iss {}, sub {}, {expiry}", text("iss"), text("sub"))
     }
+}
+
+/// Now, in seconds since the epoch: the clock token times are read against.
+pub(crate) fn epoch_seconds() -> f64 {
+    seconds_since_epoch(SystemTime::now())
+}
+
+fn seconds_since_epoch(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 /// A claim by name, else by dotted path into nested objects.
@@ -190,29 +231,106 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Aut
     Ok(found)
 }
 
+/// The token's claims, from the cache when it verified before and that
+/// verification still stands, else from a fresh verification.
 async fn verify(
     raw: &str,
     route: &RouteConfig,
     snapshot: &Snapshot,
     state: &SharedState,
-) -> Result<Map<String, Value>, AuthError> {
+) -> Result<Arc<Claims>, AuthError> {
+    let cache = &snapshot.config.tokens;
+    let key = cache.key(raw);
+    if let Some(key) = &key
+        && let Some(verified) = cache.get(key)
+    {
+        match recheck(&verified, route, snapshot, SystemTime::now()) {
+            Some(Ok(())) => {
+                cache.hit();
+                return Ok(verified.claims.clone());
+            }
+            Some(Err(error)) => return Err(error),
+            None => cache.remove(key),
+        }
+    }
+    let verified = verify_afresh(raw, route, snapshot, state).await?;
+    let claims = verified.claims.clone();
+    if let Some(key) = key {
+        cache.insert(key, verified);
+    }
+    Ok(claims)
+}
+
+async fn verify_afresh(
+    raw: &str,
+    route: &RouteConfig,
+    snapshot: &Snapshot,
+    state: &SharedState,
+) -> Result<Verified, AuthError> {
     let jwt = token::parse(raw)?;
     let index = snapshot.provider_for(jwt.issuer()?).ok_or(Reason::UnknownIssuer)?;
-    if route.providers.as_ref().is_some_and(|allowed| !allowed.contains(&index)) {
-        return Err(Reason::IssuerNotAllowed.into());
-    }
+    allowed(route, index)?;
     let provider = &snapshot.config.providers[index];
     jwt.check_type(&provider.rules)?;
     let keys = keys_for(snapshot, index, jwt.kid.as_deref(), state).await;
     let now = SystemTime::now();
-    if !keys.is_usable(now) {
-        let name = provider.config.name.clone();
-        return Err(if keys.is_loaded() { AuthError::KeysStale(name) } else { AuthError::KeysUnavailable(name) });
+    usable(&keys, provider, now)?;
+    let key = keys.find(jwt.kid.as_deref()).ok_or(Reason::UnknownKey)?;
+    key.verify(&jwt)?;
+    token::check_claims(&jwt.claims, &provider.rules, seconds_since_epoch(now))?;
+    let (valid_from, valid_until) = token::validity(&jwt.claims, &provider.rules);
+    Ok(Verified {
+        provider: Arc::downgrade(provider),
+        kid: jwt.kid.clone(),
+        key: key.fingerprint,
+        valid_from,
+        valid_until,
+        claims: Arc::new(Claims::new(jwt.claims, &snapshot.config.injected_claims)),
+    })
+}
+
+/// A cached verification checked again at `now` against the request's
+/// snapshot, in the order a fresh one runs: the same provider object (a
+/// changed provider config made a new one), allowed on this route, with
+/// usable keys that still hold the very key that verified it, and the time
+/// inside the token's window. `None`: it no longer stands; verify afresh.
+fn recheck(
+    verified: &Verified,
+    route: &RouteConfig,
+    snapshot: &Snapshot,
+    now: SystemTime,
+) -> Option<Result<(), AuthError>> {
+    let provider = verified.provider.upgrade()?;
+    let index = snapshot.position_of(&provider)?;
+    let keys = &snapshot.keys[index];
+    if let Err(error) = allowed(route, index).and_then(|()| usable(keys, &provider, now)) {
+        return Some(Err(error));
     }
-    keys.find(jwt.kid.as_deref()).ok_or(Reason::UnknownKey)?.verify(&jwt)?;
-    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    token::check_claims(&jwt.claims, &provider.rules, now)?;
-    Ok(jwt.claims)
+    if keys.find(verified.kid.as_deref())?.fingerprint != verified.key {
+        return None;
+    }
+    let now = seconds_since_epoch(now);
+    if now > verified.valid_until {
+        return Some(Err(Reason::Expired.into()));
+    }
+    (now >= verified.valid_from).then_some(Ok(()))
+}
+
+/// Whether the route accepts tokens of the provider at `index`.
+fn allowed(route: &RouteConfig, index: usize) -> Result<(), AuthError> {
+    match &route.providers {
+        Some(allowed) if !allowed.contains(&index) => Err(Reason::IssuerNotAllowed.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Keys loaded and not older than `max_stale` at `now`.
+fn usable(keys: &KeySet, provider: &Provider, now: SystemTime) -> Result<(), AuthError> {
+    if keys.is_usable(now) {
+        return Ok(());
+    }
+    let name = provider.config.name.clone();
+    Err(if keys.is_loaded() { AuthError::KeysStale(name) } else { AuthError::KeysUnavailable(name) })
 }
 
 #[cfg(test)]
@@ -222,7 +340,8 @@ mod tests {
     use serde_json::json;
 
     fn identity(claims: Value) -> Identity {
-        Identity { claims: claims.as_object().unwrap().clone(), source: TokenSource::Header }
+        let claims = Arc::new(Claims::new(claims.as_object().unwrap().clone(), &[]));
+        Identity { claims, source: TokenSource::Header }
     }
 
     #[test]

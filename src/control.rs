@@ -96,7 +96,7 @@ impl Control {
                 }
             }
         }
-        let compiled = Arc::new(Compiled::new(config, providers, Some(&current.config.routes), &self.metrics)?);
+        let compiled = Arc::new(Compiled::new(config, providers, Some(&current.config), &self.metrics)?);
         self.state.rcu(|now| {
             let keys = compiled.providers.iter().map(|provider| match now.position_of(provider) {
                 Some(index) => now.keys[index].clone(),

@@ -36,6 +36,7 @@ mod server;
 mod state;
 mod tls;
 mod token;
+mod token_cache;
 mod upstream;
 
 pub use config::{Config, ConfigError};

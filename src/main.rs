@@ -97,6 +97,7 @@ enum Demo {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // the runtime of every command but `run`, which sizes its own
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the runtime: {error}")),
@@ -106,7 +107,10 @@ fn main() -> ExitCode {
             init_logging(&LogConfig::default());
             check(&config)
         }
-        Command::Run { config } => runtime.block_on(run(&config)),
+        Command::Run { config } => {
+            drop(runtime);
+            run(&config)
+        }
         Command::Explain { config, method, url, headers, token, offline } => {
             init_logging(&LogConfig { level: "warn".into(), ..LogConfig::default() });
             let question = Question { method, url, headers, token, offline };
@@ -162,12 +166,37 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(path: &Path) -> ExitCode {
+/// The config is read before the runtime starts: it says how many worker
+/// threads to run.
+fn run(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => return fail(error.to_string()),
     };
     init_logging(&config.log);
+    match serving_runtime(config.server.tuning.workers) {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(error) => fail(format!("cannot start the runtime: {error}")),
+    }
+}
+
+/// One worker: a single-threaded runtime, with no work stealing or
+/// cross-thread wakeups to pay for. More: a work-stealing pool of that many
+/// threads (by default one per core).
+fn serving_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
+}
+
+async fn serve(config: Config) -> ExitCode {
     let gateway = match Gateway::bind(&config).await {
         Ok(gateway) => gateway,
         Err(error) => return fail(error.to_string()),

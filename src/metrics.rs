@@ -34,7 +34,7 @@ const MODES: [RouteMode; 2] = [RouteMode::Enforce, RouteMode::Report];
 /// Room for every `Rejection::code`; a code beyond it is counted as `other`.
 const MAX_REASONS: usize = 48;
 
-const FAMILIES: [(&str, Kind, &str); 14] = [
+const FAMILIES: [(&str, Kind, &str); 16] = [
     ("portcullis_requests_total", Kind::Counter, "Requests answered, by route, method and status class"),
     (
         "portcullis_denials_total",
@@ -56,6 +56,12 @@ const FAMILIES: [(&str, Kind, &str); 14] = [
     ("portcullis_config_reloads_total", Kind::Counter, "Config reloads, by result"),
     ("portcullis_certificate_reloads_total", Kind::Counter, "TLS certificate reloads, by result"),
     ("portcullis_open_connections", Kind::Gauge, "Client connections open now"),
+    (
+        "portcullis_token_cache_lookups_total",
+        Kind::Counter,
+        "Tokens found verified in the cache (hit) or verified afresh (miss)",
+    ),
+    ("portcullis_token_cache_entries", Kind::Gauge, "Verified tokens in the cache"),
     ("portcullis_build_info", Kind::Gauge, "Always 1; the version is a label"),
 ];
 
@@ -131,6 +137,14 @@ impl Metrics {
         }
     }
 
+    /// Hit and miss counters of the token cache.
+    pub(crate) fn token_cache(&self) -> (Counter, Counter) {
+        let counter = |result: &'static str| {
+            register_counter(&self.recorder, "portcullis_token_cache_lookups_total", [("result", result.into())])
+        };
+        (counter("hit"), counter("miss"))
+    }
+
     pub(crate) fn provider(self: &Arc<Self>, name: &str) -> ProviderMetrics {
         let counter = |family: &'static str, label: &'static str, value: &'static str| {
             register_counter(&self.recorder, family, [("provider", name.to_owned().into()), (label, value.into())])
@@ -156,6 +170,7 @@ impl Metrics {
             self.gauge("portcullis_jwks_usable", labels()).set(if keys.is_usable(now) { 1.0 } else { 0.0 });
         }
         self.gauge("portcullis_open_connections", Vec::new()).set(open_connections as f64);
+        self.gauge("portcullis_token_cache_entries", Vec::new()).set(snapshot.config.tokens.len() as f64);
         self.handle.render()
     }
 

@@ -267,9 +267,8 @@ fn refuse_oversized_body<B: Body>(request: &Request<B>, route: &RouteConfig) -> 
 /// Sets the route's identity headers from verified claims.
 fn inject_identity(headers: &mut HeaderMap, route: &RouteConfig, identity: &Identity) -> Result<(), AuthError> {
     for (name, claim) in &route.inject_headers {
-        if let Some(value) = identity.claim(claim) {
-            let value = headers::claim_header_value(value).ok_or(AuthError::Invalid(Reason::UnsendableClaim))?;
-            headers.insert(name.clone(), value);
+        if let Some(value) = identity.header_value(claim) {
+            headers.insert(name.clone(), value.ok_or(AuthError::Invalid(Reason::UnsendableClaim))?);
         }
     }
     Ok(())

@@ -48,6 +48,7 @@ struct Bound {
     max_connections_per_client: Option<usize>,
     admin: Option<AdminConfig>,
     log: LogConfig,
+    workers: Option<usize>,
 }
 
 #[derive(Default, PartialEq)]
@@ -73,6 +74,7 @@ impl Reloader {
             max_connections_per_client: config.server.limits.max_connections_per_client,
             admin: config.admin.clone(),
             log: config.log.clone(),
+            workers: config.server.tuning.workers,
         };
         let inner = Inner { path: config.path.clone(), control, serving, metrics, bound, seen: Mutex::new(seen) };
         Reloader { inner: Arc::new(inner) }
@@ -195,6 +197,7 @@ impl Bound {
             ("server.max_connections_per_client", self.max_connections_per_client != limits.max_connections_per_client),
             ("admin.listen", self.admin != config.admin),
             ("log", self.log != config.log),
+            ("server.workers", self.workers != config.server.tuning.workers),
         ];
         changed.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
     }

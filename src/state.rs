@@ -16,6 +16,7 @@ use crate::metrics::{Metrics, ProviderMetrics, RouteMetrics};
 use crate::refetch::Refetch;
 use crate::route::RouteTable;
 use crate::token::ClaimRules;
+use crate::token_cache::TokenCache;
 
 pub(crate) type SharedState = Arc<ArcSwap<Snapshot>>;
 
@@ -33,6 +34,10 @@ pub(crate) struct Compiled {
     pub(crate) server: ServerConfig,
     pub(crate) routes: RouteTable,
     pub(crate) identity_headers: IdentityHeaders,
+    /// Every claim some route injects: rendered once per verified token.
+    pub(crate) injected_claims: Vec<String>,
+    /// Carried over by reloads; its entries check their provider and key.
+    pub(crate) tokens: Arc<TokenCache>,
     /// For requests no route matched.
     pub(crate) unrouted: RouteMetrics,
     /// Same order as `source.providers`. A reload carries a provider whose
@@ -68,14 +73,24 @@ impl Provider {
 
 impl Compiled {
     /// `providers` are `config.providers`' (new or carried over); the
-    /// upstream clients of `previous` are reused where they fit.
+    /// upstream clients and token cache of `previous` are reused where
+    /// they fit.
     pub(crate) fn new(
         config: Arc<Config>,
         providers: Vec<Arc<Provider>>,
-        previous: Option<&RouteTable>,
+        previous: Option<&Compiled>,
         metrics: &Arc<Metrics>,
     ) -> Result<Compiled, ConfigError> {
-        let routes = RouteTable::new(config.routes.clone(), previous, metrics)
+        let cache_size = config.server.tuning.token_cache_size;
+        let tokens = match previous {
+            Some(previous) if previous.tokens.capacity() == cache_size => previous.tokens.clone(),
+            _ => Arc::new(TokenCache::new(cache_size, metrics)),
+        };
+        let mut injected_claims: Vec<String> =
+            config.routes.iter().flat_map(|r| r.inject_headers.iter().map(|(_, claim)| claim.clone())).collect();
+        injected_claims.sort();
+        injected_claims.dedup();
+        let routes = RouteTable::new(config.routes.clone(), previous.map(|p| &p.routes), metrics)
             .map_err(|(index, reason)| config.error(&format!("routes[{index}].upstream_ca_file"), reason))?;
         Ok(Compiled {
             server: config.server.clone(),
@@ -84,6 +99,8 @@ impl Compiled {
                 let claims = r.inject_headers.iter().map(|(name, _)| name);
                 claims.chain(r.inject_client_cert.iter().map(|(name, _)| name))
             })),
+            injected_claims,
+            tokens,
             providers,
             unrouted: metrics.route("-"),
             source: config,

@@ -213,6 +213,15 @@ pub(crate) fn check_claims(claims: &Map<String, Value>, rules: &ClaimRules, now:
     check_audience(claims.get("aud"), &rules.audiences)
 }
 
+/// When claims that passed `check_claims` pass it, leeway applied: from
+/// the later of `nbf` and `iat` until `exp`, in seconds since the epoch.
+pub(crate) fn validity(claims: &Map<String, Value>, rules: &ClaimRules) -> (f64, f64) {
+    let date = |name| numeric_date(claims, name).ok().flatten();
+    let from = date("nbf").into_iter().chain(date("iat")).fold(f64::NEG_INFINITY, f64::max);
+    let until = date("exp").unwrap_or(f64::NEG_INFINITY);
+    (from - rules.leeway, until + rules.leeway)
+}
+
 fn check_audience(aud: Option<&Value>, accepted: &[String]) -> Result<(), Reason> {
     let accepts = |value: &str| accepted.iter().any(|a| a == value);
     match aud {

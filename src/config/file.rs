@@ -81,6 +81,9 @@ pub(crate) struct ServerFile {
     pub(crate) shutdown_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) watch_interval: Option<Duration>,
+    // tuning
+    pub(crate) workers: Option<usize>,
+    pub(crate) token_cache_size: Option<u64>,
 }
 
 /// A certificate served for the names (SNI) it lists.

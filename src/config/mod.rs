@@ -82,6 +82,16 @@ pub struct ServerConfig {
     pub strip_headers: Vec<HeaderName>,
     pub limits: Limits,
     pub lifecycle: Lifecycle,
+    pub tuning: Tuning,
+}
+
+/// How the process uses the machine; both need a restart to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Runtime worker threads; `None`: one per core.
+    pub workers: Option<usize>,
+    /// Verified tokens remembered; 0 verifies every request from scratch.
+    pub token_cache_size: u64,
 }
 
 /// What one client may take of the gateway.

@@ -24,6 +24,7 @@ pub(super) fn server(file: ServerFile) -> Result<ServerConfig, Invalid> {
         strip_headers: strip_headers("server.strip_headers", file.strip_headers.as_deref().unwrap_or_default())?,
         limits: limits(&file)?,
         lifecycle: lifecycle(&file)?,
+        tuning: tuning(&file)?,
     })
 }
 
@@ -116,6 +117,25 @@ fn lifecycle(file: &ServerFile) -> Result<Lifecycle, Invalid> {
         }
     };
     Ok(Lifecycle { shutdown_timeout, watch_interval })
+}
+
+/// Most machines have a few hundred cores at most; a cache of tens of
+/// millions of tokens is a typo or a memory exhaustion waiting to happen.
+const MAX_WORKERS: usize = 1024;
+const MAX_TOKEN_CACHE: u64 = 10_000_000;
+
+fn tuning(file: &ServerFile) -> Result<Tuning, Invalid> {
+    let workers = match file.workers {
+        Some(n) if n == 0 || n > MAX_WORKERS => {
+            return Err(invalid("server.workers", format!("must be between 1 and {MAX_WORKERS}")));
+        }
+        workers => workers,
+    };
+    let token_cache_size = file.token_cache_size.unwrap_or(100_000);
+    if token_cache_size > MAX_TOKEN_CACHE {
+        return Err(invalid("server.token_cache_size", format!("must be at most {MAX_TOKEN_CACHE} (0 turns it off)")));
+    }
+    Ok(Tuning { workers, token_cache_size })
 }
 
 fn trusted_proxies(entries: &[String]) -> Result<Vec<IpNet>, Invalid> {

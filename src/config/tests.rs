@@ -252,3 +252,19 @@ fn defaults_and_normalisation() {
     assert_eq!(route.providers, None);
     assert_eq!(route.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT);
 }
+
+#[test]
+fn tuning_defaults_and_bounds() {
+    let parse = |server: &str| Config::parse(&format!("[server]\n{server}\n{PROVIDER}{}", route("")), "t.toml");
+    let tuning = parse("").unwrap().server.tuning;
+    assert_eq!(tuning, Tuning { workers: None, token_cache_size: 100_000 });
+    let tuning = parse("workers = 2\ntoken_cache_size = 0").unwrap().server.tuning;
+    assert_eq!(tuning, Tuning { workers: Some(2), token_cache_size: 0 });
+    for (server, expected) in [
+        ("workers = 0", "server.workers: must be between 1 and 1024"),
+        ("token_cache_size = 20000000", "server.token_cache_size: must be at most 10000000"),
+    ] {
+        let message = parse(server).unwrap_err().to_string();
+        assert!(message.contains(expected), "wanted {expected:?}, got {message:?}");
+    }
+}

@@ -14,6 +14,7 @@ mod shutdown;
 mod streaming;
 mod support;
 mod tls;
+mod token_cache;
 mod tokens;
 mod upstreams;
 mod websocket;

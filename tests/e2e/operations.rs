@@ -1,35 +1,18 @@
 //! The admin listener (health, readiness, metrics, config), report mode and
 //! request ids, as an operator sees them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::channel::Channel;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use portcullis::dev::{IdentityProvider, SigningKey};
 use serde_json::{Value, json};
 
-use crate::support::{self, AUDIENCE, ISSUER, Options, ROUTES, Stack, eventually};
+use crate::support::{self, AUDIENCE, ISSUER, Options, ROUTES, Stack, admin_get, admin_request, eventually};
 
 const WITHIN: Duration = Duration::from_secs(5);
-
-async fn admin_request(addr: SocketAddr, method: Method, path: &str) -> (u16, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let request = Request::builder().method(method).uri(format!("http://{addr}{path}")).body(Empty::new()).unwrap();
-    let response = tokio::time::timeout(WITHIN, client.request(request)).await.unwrap().unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    admin_request(addr, Method::GET, path).await
-}
 
 async fn readyz(stack: &Stack) -> (u16, Value) {
     let (status, body) = admin_get(stack.admin.unwrap(), "/readyz").await;

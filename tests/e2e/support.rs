@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -401,4 +401,23 @@ pub fn forge(header: Value, claims: &Value, signature: &str) -> String {
     use base64::Engine;
     let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     format!("{}.{}.{signature}", b64(&header), b64(claims))
+}
+
+/// A plaintext request to the admin listener: status and body.
+pub async fn admin_request(addr: SocketAddr, method: Method, path: &str) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = Request::builder().method(method).uri(format!("http://{addr}{path}")).body(Empty::new()).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await.unwrap().unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    admin_request(addr, Method::GET, path).await
+}
+
+/// The value of one series in a Prometheus text exposition (0 if absent).
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }

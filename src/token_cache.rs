@@ -1,0 +1,113 @@
+//! The verified-token cache: a token that verified is not verified again
+//! while it stays valid, so a client reusing its token for minutes pays for
+//! one signature check, not one per request.
+//!
+//! Entries are keyed by the SHA-256 of the token's bytes: two tokens that
+//! share a key would share an identity, so the hash must resist collisions,
+//! not merely spread well. An entry remembers what made the token valid (its
+//! provider, the key that verified it, its time window), and a hit re-checks
+//! each against the live snapshot, so it is exactly as strict as a fresh
+//! verification: a provider whose config changed is a new provider object,
+//! a key that left its set or changed has a new fingerprint, and the time is
+//! always now. Entries leave at the token's expiry, or when the cache is
+//! full (least recently and frequently used first).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest;
+use metrics::Counter;
+use moka::Expiry;
+use moka::sync::Cache;
+
+use crate::auth::Claims;
+use crate::keys::KeyFingerprint;
+use crate::metrics::Metrics;
+use crate::state::Provider;
+
+/// An entry never outlives this, whatever the token's `exp` says.
+const MAX_ENTRY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) type TokenHash = [u8; 32];
+
+/// What a successful verification established.
+pub(crate) struct Verified {
+    /// Weak: a retired provider is not kept alive by its tokens.
+    pub(crate) provider: Weak<Provider>,
+    pub(crate) kid: Option<String>,
+    pub(crate) key: KeyFingerprint,
+    /// Seconds since the epoch, leeway applied: the claims check passes
+    /// from `valid_from` to `valid_until`.
+    pub(crate) valid_from: f64,
+    pub(crate) valid_until: f64,
+    pub(crate) claims: Arc<Claims>,
+}
+
+pub(crate) struct TokenCache {
+    /// `None` when `token_cache_size` is 0.
+    entries: Option<Cache<TokenHash, Arc<Verified>>>,
+    capacity: u64,
+    hits: Counter,
+    misses: Counter,
+}
+
+impl TokenCache {
+    pub(crate) fn new(capacity: u64, metrics: &Metrics) -> TokenCache {
+        let entries = (capacity > 0).then(|| Cache::builder().max_capacity(capacity).expire_after(UntilExpiry).build());
+        let (hits, misses) = metrics.token_cache();
+        TokenCache { entries, capacity, hits, misses }
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The key for `token`, or `None` when there is no cache to look in.
+    pub(crate) fn key(&self, token: &str) -> Option<TokenHash> {
+        self.entries.as_ref()?;
+        let mut hash = [0; 32];
+        hash.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+        Some(hash)
+    }
+
+    pub(crate) fn get(&self, key: &TokenHash) -> Option<Arc<Verified>> {
+        self.entries.as_ref()?.get(key)
+    }
+
+    /// Counts a cached verification that was used.
+    pub(crate) fn hit(&self) {
+        self.hits.increment(1);
+    }
+
+    /// Keeps a fresh verification (counted as a miss).
+    pub(crate) fn insert(&self, key: TokenHash, verified: Verified) {
+        if let Some(entries) = &self.entries {
+            self.misses.increment(1);
+            entries.insert(key, Arc::new(verified));
+        }
+    }
+
+    pub(crate) fn remove(&self, key: &TokenHash) {
+        if let Some(entries) = &self.entries {
+            entries.invalidate(key);
+        }
+    }
+
+    /// Entries held, give or take the ones evicted but not yet swept.
+    pub(crate) fn len(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |entries| {
+            entries.run_pending_tasks();
+            entries.entry_count()
+        })
+    }
+}
+
+/// An entry lives until its token's `valid_until`.
+struct UntilExpiry;
+
+impl Expiry<TokenHash, Arc<Verified>> for UntilExpiry {
+    fn expire_after_create(&self, _: &TokenHash, verified: &Arc<Verified>, _: Instant) -> Option<Duration> {
+        let left = verified.valid_until - crate::auth::epoch_seconds();
+        Some(Duration::try_from_secs_f64(left.max(0.0)).map_or(MAX_ENTRY_LIFETIME, |d| d.min(MAX_ENTRY_LIFETIME)))
+    }
+}
