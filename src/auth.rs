@@ -20,57 +20,81 @@ use crate::state::{Provider, SharedState, Snapshot};
 use crate::token::{self, Reason};
 use crate::token_cache::Verified;
 
-/// The verified claims of a token, and where the token was found.
-#[derive(Debug)]
+/// A verified token, and where it was found.
 pub(crate) struct Identity {
-    claims: Arc<Claims>,
+    verified: Arc<Verified>,
     pub(crate) source: TokenSource,
 }
 
-/// A verified token's claims, with the header value of each claim a route
-/// injects rendered once, when the token was verified (and then cached).
-#[derive(Debug)]
+/// The claims the running config reads of a token: every route's
+/// `require_claims` and `inject_headers` claims, and `sub` for the access
+/// log. Compiled once per config.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ClaimNames(Vec<String>);
+
+impl ClaimNames {
+    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a String>) -> ClaimNames {
+        let mut names: Vec<String> = names.into_iter().cloned().chain(["sub".to_owned()]).collect();
+        names.sort();
+        names.dedup();
+        ClaimNames(names)
+    }
+}
+
+/// What the config reads of a verified token's claims, each with its
+/// header value rendered once. Only these are kept (and cached): a token's
+/// other claims cost no memory, and a cached token whose claims were taken
+/// for other names (the config changed) is verified afresh.
 pub(crate) struct Claims {
-    map: Map<String, Value>,
+    pub(crate) names: Arc<ClaimNames>,
+    /// Aligned with `names`; `None` where the token lacks the claim.
+    held: Box<[Option<Held>]>,
+}
+
+struct Held {
+    value: Value,
     /// `None`: the claim cannot be sent as a header.
-    rendered: Vec<(String, Option<HeaderValue>)>,
+    header: Option<HeaderValue>,
 }
 
 impl Claims {
-    pub(crate) fn new(map: Map<String, Value>, injected: &[String]) -> Claims {
-        let rendered = injected
+    pub(crate) fn new(all: &Map<String, Value>, names: &Arc<ClaimNames>) -> Claims {
+        let held = names
+            .0
             .iter()
-            .filter_map(|name| Some((name.clone(), claim_header_value(claim_of(&map, name)?))))
+            .map(|name| {
+                claim_of(all, name).map(|value| Held { header: claim_header_value(value), value: value.clone() })
+            })
             .collect();
-        Claims { map, rendered }
+        Claims { names: names.clone(), held }
+    }
+
+    fn get(&self, name: &str) -> Option<&Held> {
+        let index = self.names.0.iter().position(|held| held == name)?;
+        self.held[index].as_ref()
     }
 }
 
 impl Identity {
-    /// A claim by name; a dotted name (`realm_access.roles`) that is not a
-    /// top-level claim is looked up as a path into nested objects.
+    /// A claim the config reads, by name; a dotted name
+    /// (`realm_access.roles`) that is not a top-level claim is a path into
+    /// nested objects.
     pub(crate) fn claim(&self, name: &str) -> Option<&Value> {
-        claim_of(&self.claims.map, name)
+        self.verified.claims.get(name).map(|held| &held.value)
     }
 
     /// Claim `name` as a header value: `None` when the token lacks it,
     /// `Some(None)` when it cannot be sent as a header.
     pub(crate) fn header_value(&self, name: &str) -> Option<Option<HeaderValue>> {
-        match self.claims.rendered.iter().find(|(claim, _)| claim == name) {
-            Some((_, value)) => Some(value.clone()),
-            None => self.claim(name).map(claim_header_value),
-        }
+        self.verified.claims.get(name).map(|held| held.header.clone())
     }
 
-    /// `iss`, `sub` and expiry, for people reading `explain`.
+    /// Issuer, `sub` and validity, for people reading `explain`.
     pub(crate) fn summary(&self) -> String {
-        let claims = &self.claims.map;
-        let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or("-").to_owned();
-        let expiry = match claims.get("exp").and_then(Value::as_f64) {
-            Some(exp) => format!("expires in {}s", (exp - epoch_seconds()).max(0.0).round()),
-            None => "no expiry".to_owned(),
-        };
-        format!("iss {}, sub {}, {expiry}", text("iss"), text("sub"))
+        let issuer = self.verified.provider.upgrade().map_or_else(|| "-".to_owned(), |p| p.config.issuer.clone());
+        let sub = self.claim("sub").and_then(Value::as_str).unwrap_or("-");
+        let left = (self.verified.valid_until - epoch_seconds()).max(0.0).round();
+        format!("iss {issuer}, sub {sub}, valid for {left}s more (leeway included)")
     }
 }
 
@@ -135,8 +159,8 @@ pub(crate) async fn authenticate(
     }
     match find_token(headers, &route.token_sources)? {
         Some((token, source)) => {
-            let claims = verify(token, route, snapshot, state).await?;
-            Ok(Some(Identity { claims, source: source.clone() }))
+            let verified = verify(token, route, snapshot, state).await?;
+            Ok(Some(Identity { verified, source: source.clone() }))
         }
         None if route.auth == AuthMode::Optional => Ok(None),
         None => Err(AuthError::Missing),
@@ -238,7 +262,7 @@ async fn verify(
     route: &RouteConfig,
     snapshot: &Snapshot,
     state: &SharedState,
-) -> Result<Arc<Claims>, AuthError> {
+) -> Result<Arc<Verified>, AuthError> {
     let cache = &snapshot.config.tokens;
     let key = cache.key(raw);
     if let Some(key) = &key
@@ -247,18 +271,17 @@ async fn verify(
         match recheck(&verified, route, snapshot, SystemTime::now()) {
             Some(Ok(())) => {
                 cache.hit();
-                return Ok(verified.claims.clone());
+                return Ok(verified);
             }
             Some(Err(error)) => return Err(error),
             None => cache.remove(key),
         }
     }
-    let verified = verify_afresh(raw, route, snapshot, state).await?;
-    let claims = verified.claims.clone();
+    let verified = Arc::new(verify_afresh(raw, route, snapshot, state).await?);
     if let Some(key) = key {
-        cache.insert(key, verified);
+        cache.insert(key, verified.clone());
     }
-    Ok(claims)
+    Ok(verified)
 }
 
 async fn verify_afresh(
@@ -281,11 +304,11 @@ async fn verify_afresh(
     let (valid_from, valid_until) = token::validity(&jwt.claims, &provider.rules);
     Ok(Verified {
         provider: Arc::downgrade(provider),
-        kid: jwt.kid.clone(),
+        kid: jwt.kid.as_deref().map(Box::from),
         key: key.fingerprint,
         valid_from,
         valid_until,
-        claims: Arc::new(Claims::new(jwt.claims, &snapshot.config.injected_claims)),
+        claims: Claims::new(&jwt.claims, &snapshot.config.claim_names),
     })
 }
 
@@ -293,13 +316,17 @@ async fn verify_afresh(
 /// snapshot, in the order a fresh one runs: the same provider object (a
 /// changed provider config made a new one), allowed on this route, with
 /// usable keys that still hold the very key that verified it, and the time
-/// inside the token's window. `None`: it no longer stands; verify afresh.
+/// inside the token's window. `None`: it no longer stands (or its claims
+/// were kept for another config); verify afresh.
 fn recheck(
     verified: &Verified,
     route: &RouteConfig,
     snapshot: &Snapshot,
     now: SystemTime,
 ) -> Option<Result<(), AuthError>> {
+    if !Arc::ptr_eq(&verified.claims.names, &snapshot.config.claim_names) {
+        return None;
+    }
     let provider = verified.provider.upgrade()?;
     let index = snapshot.position_of(&provider)?;
     let keys = &snapshot.keys[index];
@@ -340,8 +367,18 @@ mod tests {
     use serde_json::json;
 
     fn identity(claims: Value) -> Identity {
-        let claims = Arc::new(Claims::new(claims.as_object().unwrap().clone(), &[]));
-        Identity { claims, source: TokenSource::Header }
+        let all = claims.as_object().unwrap();
+        let names = ["sub", "https://example.com/roles", "realm_access.roles", "realm_access.groups", "roles"];
+        let names = Arc::new(ClaimNames::new(&names.map(String::from)));
+        let verified = Verified {
+            provider: std::sync::Weak::new(),
+            kid: None,
+            key: [0; 32],
+            valid_from: 0.0,
+            valid_until: 0.0,
+            claims: Claims::new(all, &names),
+        };
+        Identity { verified: Arc::new(verified), source: TokenSource::Header }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ClaimNames;
 use crate::config::{Config, ConfigError, ProviderConfig, ServerConfig};
 use crate::headers::IdentityHeaders;
 use crate::keys::KeySet;
@@ -34,8 +35,8 @@ pub(crate) struct Compiled {
     pub(crate) server: ServerConfig,
     pub(crate) routes: RouteTable,
     pub(crate) identity_headers: IdentityHeaders,
-    /// Every claim some route injects: rendered once per verified token.
-    pub(crate) injected_claims: Vec<String>,
+    /// Every claim some route reads: kept (and rendered) per verified token.
+    pub(crate) claim_names: Arc<ClaimNames>,
     /// Carried over by reloads; its entries check their provider and key.
     pub(crate) tokens: Arc<TokenCache>,
     /// For requests no route matched.
@@ -86,10 +87,15 @@ impl Compiled {
             Some(previous) if previous.tokens.capacity() == cache_size => previous.tokens.clone(),
             _ => Arc::new(TokenCache::new(cache_size, metrics)),
         };
-        let mut injected_claims: Vec<String> =
-            config.routes.iter().flat_map(|r| r.inject_headers.iter().map(|(_, claim)| claim.clone())).collect();
-        injected_claims.sort();
-        injected_claims.dedup();
+        let claim_names = ClaimNames::new(config.routes.iter().flat_map(|r| {
+            let injected = r.inject_headers.iter().map(|(_, claim)| claim);
+            injected.chain(r.require_claims.iter().map(|requirement| &requirement.claim))
+        }));
+        // the same names, the same Arc: cached tokens stay usable
+        let claim_names = match previous {
+            Some(previous) if *previous.claim_names == claim_names => previous.claim_names.clone(),
+            _ => Arc::new(claim_names),
+        };
         let routes = RouteTable::new(config.routes.clone(), previous.map(|p| &p.routes), metrics)
             .map_err(|(index, reason)| config.error(&format!("routes[{index}].upstream_ca_file"), reason))?;
         Ok(Compiled {
@@ -99,7 +105,7 @@ impl Compiled {
                 let claims = r.inject_headers.iter().map(|(name, _)| name);
                 claims.chain(r.inject_client_cert.iter().map(|(name, _)| name))
             })),
-            injected_claims,
+            claim_names,
             tokens,
             providers,
             unrouted: metrics.route("-"),

@@ -9,24 +9,23 @@
 //! each against the live snapshot, so it is exactly as strict as a fresh
 //! verification: a provider whose config changed is a new provider object,
 //! a key that left its set or changed has a new fingerprint, and the time is
-//! always now. Entries leave at the token's expiry, or when the cache is
-//! full (least recently and frequently used first).
+//! always now. An entry is never used past its token's expiry (and is
+//! dropped when found expired); a full cache evicts the entries least
+//! likely to be asked for again (quick_cache's CLOCK-Pro).
+//!
+//! It holds only the claims the running config reads (see `Claims`), so an
+//! entry costs a few hundred bytes whatever the token carries.
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 use metrics::Counter;
-use moka::Expiry;
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 
 use crate::auth::Claims;
 use crate::keys::KeyFingerprint;
 use crate::metrics::Metrics;
 use crate::state::Provider;
-
-/// An entry never outlives this, whatever the token's `exp` says.
-const MAX_ENTRY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 pub(crate) type TokenHash = [u8; 32];
 
@@ -34,13 +33,13 @@ pub(crate) type TokenHash = [u8; 32];
 pub(crate) struct Verified {
     /// Weak: a retired provider is not kept alive by its tokens.
     pub(crate) provider: Weak<Provider>,
-    pub(crate) kid: Option<String>,
+    pub(crate) kid: Option<Box<str>>,
     pub(crate) key: KeyFingerprint,
     /// Seconds since the epoch, leeway applied: the claims check passes
     /// from `valid_from` to `valid_until`.
     pub(crate) valid_from: f64,
     pub(crate) valid_until: f64,
-    pub(crate) claims: Arc<Claims>,
+    pub(crate) claims: Claims,
 }
 
 pub(crate) struct TokenCache {
@@ -53,7 +52,7 @@ pub(crate) struct TokenCache {
 
 impl TokenCache {
     pub(crate) fn new(capacity: u64, metrics: &Metrics) -> TokenCache {
-        let entries = (capacity > 0).then(|| Cache::builder().max_capacity(capacity).expire_after(UntilExpiry).build());
+        let entries = usize::try_from(capacity).ok().filter(|&n| n > 0).map(Cache::new);
         let (hits, misses) = metrics.token_cache();
         TokenCache { entries, capacity, hits, misses }
     }
@@ -80,34 +79,20 @@ impl TokenCache {
     }
 
     /// Keeps a fresh verification (counted as a miss).
-    pub(crate) fn insert(&self, key: TokenHash, verified: Verified) {
+    pub(crate) fn insert(&self, key: TokenHash, verified: Arc<Verified>) {
         if let Some(entries) = &self.entries {
             self.misses.increment(1);
-            entries.insert(key, Arc::new(verified));
+            entries.insert(key, verified);
         }
     }
 
     pub(crate) fn remove(&self, key: &TokenHash) {
         if let Some(entries) = &self.entries {
-            entries.invalidate(key);
+            entries.remove(key);
         }
     }
 
-    /// Entries held, give or take the ones evicted but not yet swept.
-    pub(crate) fn len(&self) -> u64 {
-        self.entries.as_ref().map_or(0, |entries| {
-            entries.run_pending_tasks();
-            entries.entry_count()
-        })
-    }
-}
-
-/// An entry lives until its token's `valid_until`.
-struct UntilExpiry;
-
-impl Expiry<TokenHash, Arc<Verified>> for UntilExpiry {
-    fn expire_after_create(&self, _: &TokenHash, verified: &Arc<Verified>, _: Instant) -> Option<Duration> {
-        let left = verified.valid_until - crate::auth::epoch_seconds();
-        Some(Duration::try_from_secs_f64(left.max(0.0)).map_or(MAX_ENTRY_LIFETIME, |d| d.min(MAX_ENTRY_LIFETIME)))
+    pub(crate) fn len(&self) -> usize {
+        self.entries.as_ref().map_or(0, Cache::len)
     }
 }

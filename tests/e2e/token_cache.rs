@@ -120,3 +120,24 @@ async fn a_changed_provider_config_drops_its_cached_tokens() {
     assert!(refused, "a token for an audience no longer accepted was still accepted from the cache");
     assert_eq!(stack.get_with_token("/orders", &stack.token(json!({}))).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_reload_that_reads_more_claims_sees_them_in_cached_tokens() {
+    let route = |extra: &str| {
+        format!("[[routes]]\nname = \"orders\"\npath = \"/orders\"\nupstream = \"{{upstream}}\"\n{extra}\n")
+    };
+    let watch = "watch_interval = \"100ms\"";
+    let initial = Options { routes: route("inject_headers = { \"x-user-id\" = \"sub\" }"), ..options("", watch) };
+    let stack = Stack::with(initial).await;
+    let admin = stack.token(json!({"roles": ["admin"]}));
+    let viewer = stack.token(json!({"roles": ["viewer"]}));
+    for token in [&admin, &viewer] {
+        assert_eq!(stack.get_with_token("/orders", token).await.status, 200);
+    }
+    let stricter = route("require_claims = { roles = [\"admin\"] }\ninject_headers = { \"x-team\" = \"team\" }");
+    stack.write_config(&stack.render(&Options { routes: stricter, ..options("", watch) }));
+    let applied = eventually(WITHIN, || async { stack.get_with_token("/orders", &viewer).await.status == 403 }).await;
+    assert!(applied, "the new requirement was never applied to a cached token");
+    let reply = stack.get_with_token("/orders", &admin).await;
+    assert_eq!(reply.status, 200, "a cached token must be judged on claims the new config reads");
+}
