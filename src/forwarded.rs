@@ -14,6 +14,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::headers;
+
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -37,51 +39,44 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>
     let Forwarding { peer, proto, authority, trusted_proxies } = forwarding;
     let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
     let from_proxy = trusted(peer);
-    headers.remove(header::FORWARDED);
-    headers.remove(X_REAL_IP);
-    for name in &PATH_OVERRIDES {
-        headers.remove(name);
-    }
-    let mut chain: Vec<String> = Vec::new();
-    if from_proxy {
-        chain = headers
+    headers::remove_where(headers, |name| {
+        *name == header::FORWARDED
+            || *name == X_REAL_IP
+            || PATH_OVERRIDES.contains(name)
+            || (!from_proxy && name.as_str().starts_with("x-forwarded-"))
+    });
+    let peer = peer.to_string();
+    let (chain, client) = if from_proxy {
+        let mut chain: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .map(|entry| entry.trim().to_owned())
+            .map(str::trim)
             .filter(|entry| !entry.is_empty())
             .collect();
+        chain.push(&peer);
+        // the client is the nearest hop that is not one of our proxies
+        let client = chain.iter().rev().find(|entry| entry.parse::<IpAddr>().map_or(true, |ip| !trusted(&ip)));
+        let client = client.or(chain.first()).map_or_else(String::new, |client| client.to_string());
+        (chain.join(", "), client)
     } else {
-        let spoofed: Vec<HeaderName> =
-            headers.keys().filter(|name| name.as_str().starts_with("x-forwarded-")).cloned().collect();
-        for name in spoofed {
-            headers.remove(name);
-        }
-    }
-    chain.push(peer.to_string());
-    // the client is the nearest hop that is not one of our proxies
-    let client = chain
-        .iter()
-        .rev()
-        .find(|entry| entry.parse::<IpAddr>().map_or(true, |ip| !trusted(&ip)))
-        .or(chain.first())
-        .cloned()
-        .unwrap_or_default();
-    let mut set = |name: HeaderName, value: &str, keep_existing: bool| {
+        (peer.clone(), peer)
+    };
+    let mut set = |name: HeaderName, value: Result<HeaderValue, _>, keep_existing: bool| {
         if keep_existing && headers.contains_key(&name) {
             return;
         }
-        match HeaderValue::from_str(value) {
+        match value {
             Ok(value) => drop(headers.insert(name, value)),
             Err(_) => drop(headers.remove(name)),
         }
     };
-    set(X_FORWARDED_FOR, &chain.join(", "), false);
-    set(X_REAL_IP, &client, false);
-    set(X_FORWARDED_PROTO, proto, from_proxy);
+    set(X_FORWARDED_FOR, HeaderValue::from_str(&chain), false);
+    set(X_REAL_IP, HeaderValue::from_str(&client), false);
+    set(X_FORWARDED_PROTO, Ok(HeaderValue::from_static(proto)), from_proxy);
     match authority {
-        Some(authority) => set(X_FORWARDED_HOST, authority, from_proxy),
+        Some(authority) => set(X_FORWARDED_HOST, HeaderValue::from_str(authority), from_proxy),
         None if !from_proxy => drop(headers.remove(X_FORWARDED_HOST)),
         None => {}
     }

@@ -80,7 +80,7 @@ pub fn headers(data: &[u8]) {
         .flat_map(|v| v.split(','))
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
-    sanitize_request(&mut headers, &IdentityHeaders::new(&managed));
+    sanitize_request(&mut headers, &IdentityHeaders::new(&managed), &[]);
     let peer = std::net::IpAddr::from([192, 0, 2, 1]);
     let forwarding = Forwarding { peer, proto: "https", authority: Some("api.test"), trusted_proxies: &[] };
     set_forwarded(&mut headers, &forwarding);

@@ -52,49 +52,55 @@ impl IdentityHeaders {
         }
         managed
     }
-
-    fn strip(&self, headers: &mut HeaderMap) {
-        for name in &self.names {
-            headers.remove(name);
-        }
-    }
 }
 
-/// Removes hop-by-hop headers, then every header spelt with `_`, then
-/// every identity header a client sent.
-pub(crate) fn sanitize_request(headers: &mut HeaderMap, identity: &IdentityHeaders) {
-    remove_hop_by_hop(headers);
-    remove_underscored(headers);
-    identity.strip(headers);
-}
-
+/// Removes, in one pass, hop-by-hop headers (those `Connection` names
+/// included), every header spelt with `_`, every identity header a client
+/// sent, and the configured `strip` lists.
+///
 /// Many upstreams (CGI, WSGI, Rack, PHP) read `X_User_Id` as `X-User-Id`,
 /// so a name with `_` could smuggle any identity, forwarding or path
 /// override header past an exact-name check. As nginx does by default, no
 /// such name is forwarded.
-fn remove_underscored(headers: &mut HeaderMap) {
-    let underscored: Vec<HeaderName> = headers.keys().filter(|name| name.as_str().contains('_')).cloned().collect();
-    for name in underscored {
-        headers.remove(name);
-    }
+pub(crate) fn sanitize_request(headers: &mut HeaderMap, identity: &IdentityHeaders, strip: &[&[HeaderName]]) {
+    let nominated = nominated_by_connection(headers);
+    remove_where(headers, |name| {
+        is_hop_by_hop(name, &nominated)
+            || name.as_str().contains('_')
+            || identity.names.contains(name)
+            || strip.iter().any(|list| list.contains(name))
+    });
 }
 
 /// Removes hop-by-hop headers an upstream sent back.
 pub(crate) fn clean_response(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
+    let nominated = nominated_by_connection(headers);
+    remove_where(headers, |name| is_hop_by_hop(name, &nominated));
 }
 
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let nominated: Vec<HeaderName> = headers
+/// Removes every header `doomed` picks. Each name present is looked at
+/// once, which costs a comparison; removing a name that is not there costs
+/// a hash and a probe, and most requests carry none of these.
+pub(crate) fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|name| doomed(name)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName, nominated: &[HeaderName]) -> bool {
+    HOP_BY_HOP.contains(name) || nominated.contains(name)
+}
+
+/// The header names a `Connection` header lists (RFC 9110 §7.6.1).
+fn nominated_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in nominated.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+        .collect()
 }
 
 /// Renders a claim as a header value: strings as they are, numbers in
@@ -144,13 +150,6 @@ pub(crate) fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// Removes the configured extra headers.
-pub(crate) fn strip(headers: &mut HeaderMap, names: &[HeaderName]) {
-    for name in names {
-        headers.remove(name);
-    }
-}
-
 /// A WebSocket opening handshake (RFC 6455 §4.1): the one upgrade passed on.
 pub(crate) fn is_websocket_upgrade<B>(request: &http::Request<B>) -> bool {
     let headers = request.headers();
@@ -192,7 +191,7 @@ mod tests {
         let identity = IdentityHeaders::new(&[HeaderName::from_static("x-user-id")]);
         let mut headers =
             map(&[("X-User-Id", "a"), ("x-user-id", "b"), ("x_user_id", "c"), ("x-user_id", "d"), ("x-other", "kept")]);
-        sanitize_request(&mut headers, &identity);
+        sanitize_request(&mut headers, &identity, &[]);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers["x-other"], "kept");
     }
@@ -207,7 +206,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("x-kept", "1"),
         ]);
-        sanitize_request(&mut headers, &IdentityHeaders::default());
+        sanitize_request(&mut headers, &IdentityHeaders::default(), &[]);
         assert_eq!(headers.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
     }
 

@@ -191,9 +191,11 @@ pub(crate) async fn prepare<B: Body, T: Trace>(
     let server = &snapshot.config.server;
     refuse_oversized_body(request, route)?;
     let headers = request.headers_mut();
-    headers::sanitize_request(headers, &snapshot.config.identity_headers);
-    headers::strip(headers, &server.strip_headers);
-    headers::strip(headers, &route.strip_headers);
+    headers::sanitize_request(
+        headers,
+        &snapshot.config.identity_headers,
+        &[&server.strip_headers, &route.strip_headers],
+    );
     let client_cert = peer.client_cert.as_deref();
     if route.require_client_cert {
         trace.step("client certificate", client_cert.is_some(), || match client_cert {

@@ -78,6 +78,9 @@ pub(crate) fn host_of(authority: &str) -> &str {
 }
 
 fn normalise(text: &str, tls: bool) -> Option<String> {
+    if let Some(authority) = normalise_plain(text, tls) {
+        return Some(authority);
+    }
     let authority: Authority = text.parse().ok()?;
     if authority.as_str().contains('@') {
         return None;
@@ -90,6 +93,28 @@ fn normalise(text: &str, tls: bool) -> Option<String> {
     match authority.port_u16() {
         Some(port) if port != default_port => Some(format!("{host}:{port}")),
         _ => Some(host),
+    }
+}
+
+/// The common case without parsing: a lowercase DNS name with no
+/// trailing dot, and a port or none. Anything else takes the full path.
+fn normalise_plain(text: &str, tls: bool) -> Option<String> {
+    let (host, port) = match text.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+    if host.is_empty() || host.ends_with('.') || !host.bytes().all(plain) {
+        return None;
+    }
+    let default_port = if tls { 443 } else { 80 };
+    match port {
+        None => Some(host.to_owned()),
+        Some(port) if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) => None,
+        Some(port) => match port.parse::<u16>().ok()? {
+            port if port == default_port => Some(host.to_owned()),
+            port => Some(format!("{host}:{port}")),
+        },
     }
 }
 
@@ -112,6 +137,20 @@ mod tests {
         assert_eq!(normalise("api.example.com:80", false).as_deref(), Some("api.example.com"));
         assert_eq!(normalise("[::1]:443", true).as_deref(), Some("[::1]"));
         assert_eq!(normalise("user@host", true), None);
+        for text in [
+            "a.test",
+            "a.test:443",
+            "a.test:8443",
+            "a.test:0443",
+            "a.test:",
+            "a.test:99999",
+            "A.test",
+            "a.test.",
+            "a..b",
+        ] {
+            let full = normalise(text, true);
+            assert!(normalise_plain(text, true).is_none_or(|plain| Some(plain) == full), "{text}");
+        }
         assert_eq!(host_of("[::1]:8443"), "[::1]");
         assert_eq!(host_of("[::1]"), "[::1]");
         assert_eq!(host_of("a.test:8443"), "a.test");
