@@ -47,6 +47,7 @@ struct Bound {
     max_connections: usize,
     max_connections_per_client: Option<usize>,
     admin: Option<AdminConfig>,
+    /// Only `format` and `level` are bound: `include_sub` is read per request.
     log: LogConfig,
     workers: Option<usize>,
 }
@@ -68,15 +69,14 @@ impl Reloader {
             config: config.path.as_deref().and_then(file_hash),
             tls: config.server.tls.as_ref().map(tls_hashes).unwrap_or_default(),
         };
-        let bound = Bound {
-            listen: config.server.listen,
-            max_connections: config.server.limits.max_connections,
-            max_connections_per_client: config.server.limits.max_connections_per_client,
-            admin: config.admin.clone(),
-            log: config.log.clone(),
-            workers: config.server.tuning.workers,
+        let inner = Inner {
+            path: config.path.clone(),
+            control,
+            serving,
+            metrics,
+            bound: Bound::of(config),
+            seen: Mutex::new(seen),
         };
-        let inner = Inner { path: config.path.clone(), control, serving, metrics, bound, seen: Mutex::new(seen) };
         Reloader { inner: Arc::new(inner) }
     }
 
@@ -188,6 +188,17 @@ impl Inner {
 }
 
 impl Bound {
+    fn of(config: &Config) -> Bound {
+        Bound {
+            listen: config.server.listen,
+            max_connections: config.server.limits.max_connections,
+            max_connections_per_client: config.server.limits.max_connections_per_client,
+            admin: config.admin.clone(),
+            log: config.log.clone(),
+            workers: config.server.tuning.workers,
+        }
+    }
+
     /// The keys whose new values a reload cannot apply.
     fn needs_restart(&self, config: &Config) -> Vec<&'static str> {
         let limits = &config.server.limits;
@@ -196,7 +207,8 @@ impl Bound {
             ("server.max_connections", self.max_connections != limits.max_connections),
             ("server.max_connections_per_client", self.max_connections_per_client != limits.max_connections_per_client),
             ("admin.listen", self.admin != config.admin),
-            ("log", self.log != config.log),
+            ("log.format", self.log.format != config.log.format),
+            ("log.level", self.log.level != config.log.level),
             ("server.workers", self.workers != config.server.tuning.workers),
         ];
         changed.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
@@ -214,4 +226,25 @@ fn tls_hashes(tls: &Tls) -> Vec<Option<String>> {
 /// The SHA-256 of a file's content (through any symlinks), if it can be read.
 fn file_hash(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|bytes| crate::config::sha256_hex(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(log: &str) -> Config {
+        let text = format!(
+            "[[providers]]\nname = \"idp\"\nissuer = \"https://idp.test\"\njwks_url = \"https://idp.test/jwks\"\n\
+             audiences = [\"api\"]\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"http://u\"\n[log]\n{log}\n"
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn only_the_log_format_and_level_need_a_restart() {
+        let running = Bound::of(&config("include_sub = false"));
+        assert!(running.needs_restart(&config("include_sub = true")).is_empty(), "include_sub applies live");
+        assert_eq!(running.needs_restart(&config("level = \"debug\"")), ["log.level"]);
+        assert_eq!(running.needs_restart(&config("format = \"json\"")), ["log.format"]);
+    }
 }
