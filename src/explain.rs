@@ -30,7 +30,9 @@ use crate::state::{SharedState, Snapshot};
 /// The request to explain.
 pub struct Question {
     pub method: String,
-    /// `https://host/path?query`, or a path alone (no `Host`).
+    /// `https://host/path?query`, or a path alone: then the `Host` is the
+    /// first route's host, or `localhost` when it names none (unless a
+    /// `Host` header is given).
     pub url: String,
     /// `Name: value` lines.
     pub headers: Vec<String>,
@@ -57,7 +59,7 @@ pub enum ExplainError {
 }
 
 pub async fn explain(config: &Config, question: &Question) -> Result<Answer, ExplainError> {
-    let (request, tls) = build_request(question)?;
+    let (request, tls) = build_request(config, question)?;
     let config = Arc::new(config.clone());
     let stop = CancellationToken::new();
     let _stop = stop.clone().drop_guard();
@@ -80,7 +82,7 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Exp
 }
 
 /// The request as a client would send it, and whether it came over TLS.
-fn build_request(question: &Question) -> Result<(Request<Empty<Bytes>>, bool), ExplainError> {
+fn build_request(config: &Config, question: &Question) -> Result<(Request<Empty<Bytes>>, bool), ExplainError> {
     let bad = |what: String| ExplainError::Request(what);
     let method = Method::from_bytes(question.method.as_bytes())
         .map_err(|_| bad(format!("{:?} is not a method", question.method)))?;
@@ -102,6 +104,13 @@ fn build_request(question: &Question) -> Result<(Request<Empty<Bytes>>, bool), E
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| bad("the token has characters a header cannot carry".into()))?;
         builder = builder.header(AUTHORIZATION, value);
+    }
+    // a client always names a host, and HTTP/1.1 and HTTP/2 requests
+    // without one are refused, so a bare path gets one
+    if builder.headers_ref().is_some_and(|headers| !headers.contains_key(HOST)) {
+        let host = config.routes.first().and_then(|route| route.host.as_deref()).unwrap_or("localhost");
+        let host = HeaderValue::from_str(host).map_err(|_| bad(format!("{host:?} is not a host")))?;
+        builder = builder.header(HOST, host);
     }
     let request = builder.body(Empty::new()).map_err(|e| bad(e.to_string()))?;
     Ok((request, tls))
@@ -229,4 +238,40 @@ fn allow(out: &mut String, request: Request<Empty<Bytes>>, admitted: &Admitted<'
         let _ = writeln!(out, "  (removed: {name})");
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn question(url: &str, headers: &[&str]) -> Question {
+        let headers = headers.iter().map(|h| h.to_string()).collect();
+        Question { method: "GET".into(), url: url.into(), headers, token: None, offline: true }
+    }
+
+    async fn ask(routes: &str, question: Question) -> Answer {
+        let providers = "[[providers]]\nname = \"idp\"\nissuer = \"https://idp.test\"\n\
+                         jwks_url = \"https://idp.test/jwks\"\naudiences = [\"api\"]\n";
+        let config = Config::parse(&format!("{providers}{routes}"), "t.toml").unwrap();
+        explain(&config, &question).await.unwrap()
+    }
+
+    fn route(name: &str, host: Option<&str>) -> String {
+        let host = host.map_or(String::new(), |host| format!("host = \"{host}\"\n"));
+        format!("[[routes]]\nname = \"{name}\"\n{host}path = \"/orders\"\nupstream = \"http://u\"\nauth = \"public\"\n")
+    }
+
+    #[tokio::test]
+    async fn a_bare_path_is_routed_with_a_host() {
+        let answer = ask(&route("any", None), question("/orders", &[])).await;
+        assert!(answer.allowed, "{}", answer.text);
+        assert!(answer.text.contains("(host localhost, https)"), "{}", answer.text);
+
+        let routes = format!("{}{}", route("api", Some("api.test")), route("other", Some("other.test")));
+        let answer = ask(&routes, question("/orders", &[])).await;
+        assert!(answer.allowed && answer.text.contains("api: api.test/orders: matches"), "{}", answer.text);
+
+        let answer = ask(&routes, question("/orders", &["Host: other.test"])).await;
+        assert!(answer.allowed && answer.text.contains("other: other.test/orders: matches"), "{}", answer.text);
+    }
 }

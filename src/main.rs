@@ -49,7 +49,8 @@ enum Command {
         config: PathBuf,
         /// GET, POST, ...
         method: String,
-        /// `https://host/path?query` (or a path alone).
+        /// `https://host/path?query`, or a path alone (sent to the first
+        /// route's host, or `localhost`, unless `-H 'Host: ...'` names one).
         url: String,
         /// A request header, `Name: value`; repeat for more.
         #[arg(long = "header", short = 'H')]
