@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AuthMode;
+use crate::config::{AuthMode, RouteMode};
 use crate::connection::Slots;
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Snapshot};
@@ -95,20 +95,21 @@ impl Admin {
         }
     }
 
-    /// Ready when not shutting down and every provider a route verifies
-    /// with has keys that verify: loaded, and not past `max_stale`. Keys
-    /// past their freshness but within `max_stale` are still ready (and
-    /// shown as stale): an identity provider outage must not take every
-    /// replica out of service at once.
+    /// Ready when not shutting down and every provider an enforcing route
+    /// verifies with has keys that verify: loaded, and not past
+    /// `max_stale`. Keys past their freshness but within `max_stale` are
+    /// still ready (and shown as stale): an identity provider outage must
+    /// not take every replica out of service at once. Nor must one whose
+    /// routes are all in report mode, which forward whatever the keys say.
     fn readiness(&self) -> (bool, Value) {
         let snapshot = self.state.load();
         let now = SystemTime::now();
         let mut providers = serde_json::Map::new();
         let mut ready = true;
         for (index, (provider, keys)) in snapshot.config.providers.iter().zip(&snapshot.keys).enumerate() {
-            let used = is_used(&snapshot, index);
+            let Usage { used, enforced } = usage(&snapshot, index);
             let usable = keys.is_usable(now);
-            ready &= usable || !used;
+            ready &= usable || !enforced;
             let age = keys.freshness.map(|f| now.duration_since(f.fetched_at).unwrap_or_default().as_secs());
             let stale = keys.freshness.and_then(|f| f.expires_at).is_some_and(|expires| now > expires);
             let reason = match (keys.is_loaded(), usable) {
@@ -118,7 +119,7 @@ impl Admin {
             };
             providers.insert(
                 provider.config.name.clone(),
-                json!({"ready": usable, "used_by_routes": used, "keys": keys.len(), "age_seconds": age, "stale": stale, "reason": reason}),
+                json!({"ready": usable, "used_by_routes": used, "decides_readiness": enforced, "keys": keys.len(), "age_seconds": age, "stale": stale, "reason": reason}),
             );
         }
         let draining = self.draining.is_cancelled();
@@ -145,10 +146,21 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<StatusCode, String> {
     }
 }
 
-/// Whether a route verifies tokens with provider `index`.
-fn is_used(snapshot: &Snapshot, index: usize) -> bool {
-    snapshot.config.source.routes.iter().any(|route| {
+/// How the routes use a provider.
+struct Usage {
+    /// Some route verifies tokens with it.
+    used: bool,
+    /// Some route in enforce mode does: its keys decide readiness.
+    enforced: bool,
+}
+
+fn usage(snapshot: &Snapshot, index: usize) -> Usage {
+    let users = snapshot.config.source.routes.iter().filter(|route| {
         route.auth != AuthMode::Public && route.providers.as_ref().is_none_or(|allowed| allowed.contains(&index))
+    });
+    users.fold(Usage { used: false, enforced: false }, |usage, route| Usage {
+        used: true,
+        enforced: usage.enforced || route.mode == RouteMode::Enforce,
     })
 }
 

@@ -82,6 +82,20 @@ async fn readiness_follows_the_keys_of_the_providers_routes_use() {
 }
 
 #[tokio::test]
+async fn a_provider_only_report_mode_routes_use_does_not_decide_readiness() {
+    let key = Arc::new(SigningKey::generate("k1"));
+    let idp = IdentityProvider::start(ISSUER, AUDIENCE, key.clone()).await.unwrap();
+    idp.respond_with(http::StatusCode::SERVICE_UNAVAILABLE);
+    let stack = Stack::with_idp(shadow_route(), idp, key).await;
+    let (status, body) = readyz(&stack).await;
+    assert_eq!(status, 200, "report mode forwards anyway: {body}");
+    let idp = &body["providers"]["idp"];
+    assert_eq!((idp["ready"].as_bool(), idp["reason"].as_str()), (Some(false), Some("keys not loaded yet")), "{body}");
+    assert_eq!((idp["used_by_routes"].as_bool(), idp["decides_readiness"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(stack.get("/shadow", &[]).await.status, 200, "and it does forward");
+}
+
+#[tokio::test]
 async fn readiness_ends_when_shutdown_begins() {
     let stack = Stack::with(with_admin(Options::default())).await;
     let token = stack.token(json!({}));
