@@ -60,10 +60,12 @@ pub(crate) fn server_config(config: &Config) -> Result<Option<Arc<rustls::Server
     Ok(Some(Arc::new(server)))
 }
 
-/// A chain and its key, checked to belong together; errors name the part.
+/// A chain whose leaf is valid now and its key, checked to belong
+/// together; errors name the part.
 fn certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
     let TlsFiles { cert, key } = files;
     let chain = certificates(cert).map_err(|reason| ("tls_cert", reason))?;
+    valid_now(cert, &chain[0]).map_err(|reason| ("tls_cert", reason))?;
     let private_key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ("tls_key", format!("{}: no PKCS#8, PKCS#1 or SEC1 private key: {e}", key.display())))?;
     CertifiedKey::from_der(chain, private_key, &provider())
@@ -79,6 +81,23 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{}: no PEM certificate in it", path.display()));
     }
     Ok(chain)
+}
+
+/// Refuses a leaf certificate outside its validity period: every client
+/// would refuse it, so serving it is an outage, not a renewal.
+fn valid_now(path: &Path, leaf: &CertificateDer<'_>) -> Result<(), String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("{}: the first certificate cannot be read: {e}", path.display()))?;
+    let validity = parsed.validity();
+    let (from, until) = (validity.not_before, validity.not_after);
+    let now = x509_parser::time::ASN1Time::now();
+    if now < from {
+        return Err(format!("{}: the certificate is not valid before {from} (valid until {until})", path.display()));
+    }
+    if now > until {
+        return Err(format!("{}: the certificate expired on {until} (valid from {from})", path.display()));
+    }
+    Ok(())
 }
 
 fn client_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
@@ -209,6 +228,39 @@ fn general_name(name: &x509_parser::extensions::GeneralName<'_>) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a self-signed localhost certificate valid from `from` to
+    /// `until` (years), and its key.
+    fn write_certificate(dir: &Path, from: i32, until: i32) -> TlsFiles {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let files = TlsFiles { cert: dir.join(format!("{from}.crt")), key: dir.join(format!("{from}.key")) };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    #[test]
+    fn a_certificate_outside_its_validity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(certified_key(&write_certificate(dir.path(), 2020, 2200)).is_ok());
+
+        let expired = write_certificate(dir.path(), 2019, 2021);
+        let (part, reason) = certified_key(&expired).err().unwrap();
+        assert_eq!(part, "tls_cert");
+        assert!(
+            reason.starts_with(&format!("{}: the certificate expired on Jan  1", expired.cert.display())),
+            "{reason}"
+        );
+        assert!(reason.contains("2021") && reason.contains("(valid from Jan  1 00:00:00 2019"), "{reason}");
+
+        let early = write_certificate(dir.path(), 2190, 2200);
+        let (_, reason) = certified_key(&early).err().unwrap();
+        assert!(reason.contains("2190.crt: the certificate is not valid before Jan  1 00:00:00 2190"), "{reason}");
+    }
 
     #[test]
     fn subjects_are_escaped_as_rfc_4514_says() {

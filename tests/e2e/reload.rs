@@ -177,6 +177,15 @@ fn certificate() -> (String, String) {
     (certified.cert.pem(), certified.signing_key.serialize_pem())
 }
 
+/// A self-signed certificate for localhost that expired in 2021.
+fn expired_certificate() -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
 /// An HTTP/1.1 connection over TLS trusting `roots`, and the certificate
 /// the gateway presented on it.
 async fn connect(
@@ -230,10 +239,16 @@ async fn a_certificate_swapped_through_a_symlink_is_served_to_new_connections_on
     assert!(eventually(WITHIN, swapped).await, "a new connection gets the new certificate");
     assert_eq!(get_public(&mut old).await, 200, "the old connection keeps working");
 
-    // a broken certificate is refused; the last good one stays
-    volume.publish(b"not a certificate", second_key.as_bytes());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (mut new, presented) = connect(stack.addr, &roots).await;
-    assert_eq!(presented, der(&second));
-    assert_eq!(get_public(&mut new).await, 200);
+    // a broken certificate is refused, and so is an expired one; the last
+    // good one stays
+    let (expired, expired_key) = expired_certificate();
+    for (cert, key) in
+        [(b"not a certificate".as_slice(), second_key.as_bytes()), (expired.as_bytes(), expired_key.as_bytes())]
+    {
+        volume.publish(cert, key);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (mut new, presented) = connect(stack.addr, &roots).await;
+        assert_eq!(presented, der(&second));
+        assert_eq!(get_public(&mut new).await, 200);
+    }
 }
