@@ -7,6 +7,13 @@
 //! anything is swapped, so a bad file only logs its error while the old
 //! config keeps serving. Connections and requests already under way keep
 //! what they started with.
+//!
+//! A failed reload is not final: it may have failed only because a file the
+//! new config names was not there yet (a half-swapped certificate pair, a
+//! key file the kubelet has not synced). So it is tried again whenever the
+//! config file or any file it names changes, and TLS files that failed to
+//! load are tried again every tick (a certificate may become valid with
+//! time alone). An error is logged again only when it changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,7 +22,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AdminConfig, Config, ConfigError, LogConfig, Tls};
+use crate::config::{AdminConfig, Config, ConfigError, KeySource, LogConfig, Tls};
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::server::Serving;
@@ -52,10 +59,28 @@ struct Bound {
     workers: Option<usize>,
 }
 
-#[derive(Default, PartialEq)]
+#[derive(Default)]
 struct Seen {
     config: Option<String>,
     tls: Vec<Option<String>>,
+    /// The last config reload failed.
+    failed: Option<Failed>,
+    /// Why the running config's TLS files last failed to load, until they do.
+    tls_failed: Option<String>,
+}
+
+/// A config reload that failed, and what it read.
+struct Failed {
+    error: String,
+    /// Every file the new config names, hashed before the attempt (`None`
+    /// where it could not be read), so a change after it is seen.
+    inputs: Vec<(PathBuf, Option<String>)>,
+}
+
+impl Failed {
+    fn inputs_changed(&self) -> bool {
+        self.inputs.iter().any(|(path, hash)| file_hash(path) != *hash)
+    }
 }
 
 impl Reloader {
@@ -68,6 +93,7 @@ impl Reloader {
         let seen = Seen {
             config: config.path.as_deref().and_then(file_hash),
             tls: config.server.tls.as_ref().map(tls_hashes).unwrap_or_default(),
+            ..Seen::default()
         };
         let inner = Inner {
             path: config.path.clone(),
@@ -109,13 +135,15 @@ impl Reloader {
 }
 
 impl Inner {
-    /// Reloads whatever changed since last seen.
+    /// Reloads whatever changed since last seen, and retries what failed.
     fn check(&self) {
         let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let config_hash = self.path.as_deref().and_then(file_hash);
-        if config_hash != seen.config {
+        let changed = config_hash != seen.config;
+        let retry = !changed && seen.failed.as_ref().is_some_and(Failed::inputs_changed);
+        if changed || retry {
             seen.config = config_hash;
-            let _ = self.apply_config(&mut seen);
+            let _ = self.apply_config(&mut seen, retry);
             return;
         }
         let snapshot = self.control.state().load();
@@ -123,19 +151,24 @@ impl Inner {
             return;
         };
         let tls_hashes = tls_hashes(tls);
-        if tls_hashes == seen.tls {
+        if tls_hashes == seen.tls && seen.tls_failed.is_none() {
             return;
         }
         seen.tls = tls_hashes;
-        let serving = Serving::new(&snapshot.config.source);
-        self.metrics.certificate_reloads.record(serving.is_ok());
-        match serving {
+        match Serving::new(&snapshot.config.source) {
             Ok(serving) => {
                 self.serving.store(Arc::new(serving));
+                self.metrics.certificate_reloads.record(true);
+                seen.tls_failed = None;
                 tracing::info!("TLS certificates reloaded: new connections use them");
             }
             Err(error) => {
-                tracing::error!(%error, "TLS certificates not reloaded; the old ones stay in use");
+                let reason = error.to_string();
+                if seen.tls_failed.as_ref() != Some(&reason) {
+                    self.metrics.certificate_reloads.record(false);
+                    tracing::error!(%error, "TLS certificates not reloaded; the old ones stay in use");
+                }
+                seen.tls_failed = Some(reason);
             }
         }
     }
@@ -143,25 +176,36 @@ impl Inner {
     fn reload_config(&self) -> Result<(), ConfigError> {
         let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         seen.config = self.path.as_deref().and_then(file_hash);
-        self.apply_config(&mut seen)
+        self.apply_config(&mut seen, false)
     }
 
-    /// Loads, validates and swaps in the config file, logging the result.
-    fn apply_config(&self, seen: &mut Seen) -> Result<(), ConfigError> {
+    /// Loads, validates and swaps in the config file, logging the result;
+    /// a `retry` that fails as the last attempt did is not logged again.
+    fn apply_config(&self, seen: &mut Seen, retry: bool) -> Result<(), ConfigError> {
         let Some(path) = self.path.as_deref() else {
             let origin = self.control.state().load().config.source.origin.clone();
             return Err(ConfigError::whole_file(origin, "was not loaded from a file: nothing to reload".into()));
         };
-        let result = self.swap_in(path, seen);
+        let config = Config::load(path).map(Arc::new);
+        let inputs = config.as_deref().map(input_hashes).unwrap_or_default();
+        let result = config.and_then(|config| self.swap_in(config, seen));
         self.metrics.config_reloads.record(result.is_ok());
-        if let Err(error) = &result {
-            tracing::error!(%error, "config not reloaded; the old one keeps serving");
+        match &result {
+            Ok(()) => seen.failed = None,
+            Err(error) => {
+                let reason = error.to_string();
+                if retry && seen.failed.as_ref().is_some_and(|failed| failed.error == reason) {
+                    tracing::debug!(%error, "config reload retried: same error");
+                } else {
+                    tracing::error!(%error, "config not reloaded; the old one keeps serving");
+                }
+                seen.failed = Some(Failed { error: reason, inputs });
+            }
         }
         result
     }
 
-    fn swap_in(&self, path: &Path, seen: &mut Seen) -> Result<(), ConfigError> {
-        let config = Arc::new(Config::load(path)?);
+    fn swap_in(&self, config: Arc<Config>, seen: &mut Seen) -> Result<(), ConfigError> {
         // hashed before reading, so a change in between is seen next time
         let tls = config.server.tls.as_ref().map(tls_hashes).unwrap_or_default();
         let serving = Serving::new(&config)?;
@@ -171,6 +215,7 @@ impl Inner {
             self.metrics.certificate_reloads.record(true);
             seen.tls = tls;
         }
+        seen.tls_failed = None;
         for key in self.bound.needs_restart(&config) {
             tracing::warn!(key, "changed in the config, but applies only after a restart");
         }
@@ -217,10 +262,26 @@ impl Bound {
 
 /// Every file the TLS setup reads, hashed in a fixed order.
 fn tls_hashes(tls: &Tls) -> Vec<Option<String>> {
+    tls_files(tls).map(file_hash).collect()
+}
+
+fn tls_files(tls: &Tls) -> impl Iterator<Item = &Path> {
     let named = tls.by_name.iter().map(|(_, files)| files);
     let pairs = std::iter::once(&tls.default).chain(named).flat_map(|files| [&files.cert, &files.key]);
-    let ca = tls.client_auth.iter().map(|auth| &auth.ca);
-    pairs.chain(ca).map(|path| file_hash(path)).collect()
+    pairs.chain(tls.client_auth.iter().map(|auth| &auth.ca)).map(PathBuf::as_path)
+}
+
+/// Every file `config` names (TLS files, local keys, CA bundles), hashed.
+fn input_hashes(config: &Config) -> Vec<(PathBuf, Option<String>)> {
+    let tls = config.server.tls.iter().flat_map(tls_files);
+    let keys = config.providers.iter().filter_map(|provider| match &provider.source {
+        KeySource::JwksFile(path) | KeySource::PublicKeyFile(path) | KeySource::SecretFile(path) => Some(path),
+        KeySource::Remote(remote) => remote.ca_file.as_ref(),
+        KeySource::SecretEnv(_) => None,
+    });
+    let upstream_cas = config.routes.iter().filter_map(|route| route.upstream_ca_file.as_ref());
+    let files = tls.chain(keys.chain(upstream_cas).map(PathBuf::as_path));
+    files.map(|path| (path.to_owned(), file_hash(path))).collect()
 }
 
 /// The SHA-256 of a file's content (through any symlinks), if it can be read.

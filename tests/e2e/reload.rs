@@ -109,6 +109,33 @@ async fn a_changed_provider_is_replaced_and_fetches_its_keys_again() {
     assert!(eventually(WITHIN, refused).await, "the provider's new audience applies");
 }
 
+#[tokio::test]
+async fn a_reload_that_failed_for_a_missing_file_is_applied_once_the_file_appears() {
+    let stack = Stack::with(Options { admin: true, ..watched(ROUTES) }).await;
+    let (cert, key) = (stack.dir.path().join("next.crt"), stack.dir.path().join("next.key"));
+    std::fs::copy(&stack.cert, &cert).unwrap();
+    let server = format!("tls_cert = {cert:?}\ntls_key = {key:?}\n{WATCH}");
+    let routes = format!("{ROUTES}{}", public_route("extra", "/extra"));
+    stack.write_config(&stack.render(&Options { tls: false, server, admin: true, ..watched(&routes) }));
+    let reloads = |result: &'static str| {
+        let admin = stack.admin.unwrap();
+        async move {
+            let text = support::admin_get(admin, "/metrics").await.1;
+            support::metric(&text, &format!("portcullis_config_reloads_total{{result=\"{result}\"}}"))
+        }
+    };
+    assert!(eventually(WITHIN, || async { reloads("failure").await == 1.0 }).await, "the reload fails");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.get("/extra", &[]).await.status, 404, "the old config keeps serving");
+    assert_eq!(reloads("failure").await, 1.0, "nothing changed, so nothing was retried");
+
+    // the key arrives; the config file stays as it was
+    std::fs::copy(&stack.private, &key).unwrap();
+    let applied = || async { stack.get("/extra", &[]).await.status == 200 };
+    assert!(eventually(WITHIN, applied).await, "the reload is retried once the key is there");
+    assert_eq!(reloads("success").await, 1.0);
+}
+
 fn other_audience() -> String {
     format!(
         "[[providers]]\nname = \"idp\"\nissuer = \"{ISSUER}\"\njwks_url = \"{{jwks_url}}\"\naudiences = [\"somebody-else\"]\n"
@@ -186,6 +213,15 @@ fn expired_certificate() -> (String, String) {
     (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
 }
 
+/// A self-signed certificate for localhost valid from `after` from now.
+fn future_certificate(after: Duration) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + (since_epoch + after);
+    let key = rcgen::KeyPair::generate().unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
 /// An HTTP/1.1 connection over TLS trusting `roots`, and the certificate
 /// the gateway presented on it.
 async fn connect(
@@ -219,14 +255,21 @@ fn der(pem: &str) -> Vec<u8> {
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
 }
 
-#[tokio::test]
-async fn a_certificate_swapped_through_a_symlink_is_served_to_new_connections_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut volume = SecretVolume::new(dir.path());
+/// A watching stack serving the certificate in a secret volume under
+/// `dir`: the volume, the stack and the certificate (PEM).
+async fn serving_from_a_secret_volume(dir: &Path) -> (SecretVolume, Stack, String) {
+    let mut volume = SecretVolume::new(dir);
     let (first, first_key) = certificate();
     volume.publish(first.as_bytes(), first_key.as_bytes());
     let files = format!("tls_cert = {:?}\ntls_key = {:?}\n", volume.dir.join("tls.crt"), volume.dir.join("tls.key"));
     let stack = Stack::with(Options { tls: false, server: format!("{files}{WATCH}"), ..Options::default() }).await;
+    (volume, stack, first)
+}
+
+#[tokio::test]
+async fn a_certificate_swapped_through_a_symlink_is_served_to_new_connections_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut volume, stack, first) = serving_from_a_secret_volume(dir.path()).await;
     let (second, second_key) = certificate();
     let roots = [first.as_str(), second.as_str()];
 
@@ -251,4 +294,19 @@ async fn a_certificate_swapped_through_a_symlink_is_served_to_new_connections_on
         assert_eq!(presented, der(&second));
         assert_eq!(get_public(&mut new).await, 200);
     }
+}
+
+#[tokio::test]
+async fn a_certificate_not_valid_yet_is_served_once_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut volume, stack, first) = serving_from_a_secret_volume(dir.path()).await;
+    let (next, next_key) = future_certificate(Duration::from_secs(2));
+    let roots = [first.as_str(), next.as_str()];
+
+    volume.publish(next.as_bytes(), next_key.as_bytes());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(connect(stack.addr, &roots).await.1, der(&first), "not valid yet: the old one stays");
+    // no file changes from here: the failed load is retried as time passes
+    let swapped = || async { connect(stack.addr, &roots).await.1 == der(&next) };
+    assert!(eventually(WITHIN, swapped).await, "served once valid");
 }
