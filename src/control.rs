@@ -47,6 +47,22 @@ struct Fresh {
     provider: Arc<Provider>,
     keys: Arc<KeySet>,
     start: Start,
+    /// The provider it replaces, when that one fetched the same keys: its
+    /// keys verify until this one's first fetch, so changing a provider's
+    /// token rules never waits on the identity provider.
+    predecessor: Option<Arc<Provider>>,
+}
+
+impl Fresh {
+    /// The keys to publish it with in `now`: its predecessor's, when it
+    /// has one with keys loaded, else its own.
+    fn first_keys(&self, now: &Snapshot) -> Arc<KeySet> {
+        let inherited = self.predecessor.as_ref().and_then(|old| now.position_of(old)).map(|index| &now.keys[index]);
+        match (inherited.filter(|keys| keys.is_loaded()), &self.provider.config.source) {
+            (Some(keys), KeySource::Remote(remote)) => Arc::new(keys.with_max_stale(remote.max_stale)),
+            _ => self.keys.clone(),
+        }
+    }
 }
 
 /// What a reload did with the providers.
@@ -79,9 +95,10 @@ impl Control {
     }
 
     /// Swaps in `config`, compiled, in one step. Providers whose config is
-    /// unchanged keep their keys and loops; new ones load theirs first;
-    /// dropped ones stop. On error nothing changes. Callers serialise
-    /// reloads.
+    /// unchanged keep their keys and loops; changed ones whose keys come
+    /// from the same place start with their predecessor's keys; new ones
+    /// load local keys first (remote ones verify once fetched); dropped
+    /// ones stop. On error nothing changes. Callers serialise reloads.
     pub(crate) fn reload(&self, config: Arc<Config>) -> Result<Applied, ConfigError> {
         let current = self.state.load_full();
         let mut fresh = Vec::new();
@@ -90,7 +107,11 @@ impl Control {
             match current.config.providers.iter().find(|p| p.config == *wanted) {
                 Some(kept) => providers.push(kept.clone()),
                 None => {
-                    let new = fresh_provider(&config, index, &self.shutdown, &self.metrics)?;
+                    let mut new = fresh_provider(&config, index, &self.shutdown, &self.metrics)?;
+                    // local keys were just loaded; remote ones would wait for a fetch
+                    if matches!(wanted.source, KeySource::Remote(_)) {
+                        new.predecessor = current.config.providers.iter().find(|p| p.config.same_keys(wanted)).cloned();
+                    }
                     providers.push(new.provider.clone());
                     fresh.push(new);
                 }
@@ -103,11 +124,15 @@ impl Control {
                 None => fresh
                     .iter()
                     .find(|f| Arc::ptr_eq(&f.provider, provider))
-                    .map(|f| f.keys.clone())
+                    .map(|f| f.first_keys(now))
                     .unwrap_or_default(),
             });
             Snapshot { config: compiled.clone(), keys: keys.collect() }
         });
+        for f in fresh.iter().filter(|f| f.predecessor.is_some()) {
+            let provider = &f.provider.config.name;
+            tracing::info!(provider = %provider, "provider changed, not its keys: they carry over until its first fetch");
+        }
         let retired: Vec<&Arc<Provider>> = current
             .config
             .providers
@@ -277,7 +302,7 @@ fn fresh_provider(
 ) -> Result<Fresh, ConfigError> {
     let provider = Arc::new(Provider::new(&config.providers[index], shutdown.child_token(), metrics));
     let (keys, start) = first_keys(config, index, &provider)?;
-    Ok(Fresh { provider, keys: Arc::new(keys), start })
+    Ok(Fresh { provider, keys: Arc::new(keys), start, predecessor: None })
 }
 
 /// The key set a provider starts with, and how its loop starts.

@@ -63,6 +63,23 @@ pub(super) fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, I
     })
 }
 
+impl ProviderConfig {
+    /// Whether `other` loads the very keys this one does, pinned to the
+    /// same algorithms: the same issuer (discovery checks it), source,
+    /// trusted CAs and size cap. What differs (token rules, refresh timing,
+    /// `max_stale`) does not change which keys verify, so a provider
+    /// replaced by such a change can start from its predecessor's keys.
+    pub(crate) fn same_keys(&self, other: &ProviderConfig) -> bool {
+        let same_source = match (&self.source, &other.source) {
+            (KeySource::Remote(mine), KeySource::Remote(theirs)) => {
+                mine.location == theirs.location && mine.ca_file == theirs.ca_file && mine.max_size == theirs.max_size
+            }
+            (mine, theirs) => mine == theirs,
+        };
+        same_source && self.issuer == other.issuer && self.algorithms == other.algorithms
+    }
+}
+
 /// The one key source the entry names, with its settings.
 fn source(i: usize, file: &ProviderFile) -> Result<KeySource, Invalid> {
     let key = |name: &str| format!("providers[{i}].{name}");

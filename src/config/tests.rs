@@ -268,3 +268,18 @@ fn tuning_defaults_and_bounds() {
         assert!(message.contains(expected), "wanted {expected:?}, got {message:?}");
     }
 }
+
+#[test]
+fn a_provider_changed_only_in_its_rules_or_timing_loads_the_same_keys() {
+    let provider = |extra: &str| {
+        let text = format!("{PROVIDER}{extra}\n{}", route(""));
+        Config::parse(&text, "t.toml").unwrap().providers.remove(0)
+    };
+    let running = provider("");
+    for same in ["leeway = \"5s\"", "required_typ = \"at+jwt\"", "refresh_interval = \"1m\"", "max_stale = \"2d\""] {
+        assert!(running.same_keys(&provider(same)), "{same}");
+    }
+    for other in ["algorithms = [\"ES256\"]", "max_jwks_size = \"2MiB\"", "ca_file = \"ca.pem\""] {
+        assert!(!running.same_keys(&provider(other)), "{other}");
+    }
+}

@@ -14,6 +14,7 @@ mod remote;
 mod verifier;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::Algorithm;
@@ -85,33 +86,51 @@ impl Freshness {
 /// One provider's usable keys, as of one load.
 #[derive(Default)]
 pub(crate) struct KeySet {
-    keys: Vec<VerifyingKey>,
-    by_kid: HashMap<String, usize>,
-    /// A single key from a PEM file or secret verifies whatever `kid` a
-    /// token names: the operator chose that key for this provider.
-    any_kid: bool,
+    /// Shared with the copies `with_max_stale` makes.
+    keys: Arc<Keys>,
     /// `None` until the first good load: the provider's routes deny until then.
     pub(crate) freshness: Option<Freshness>,
 }
 
+#[derive(Default)]
+struct Keys {
+    list: Vec<VerifyingKey>,
+    by_kid: HashMap<String, usize>,
+    /// A single key from a PEM file or secret verifies whatever `kid` a
+    /// token names: the operator chose that key for this provider.
+    any_kid: bool,
+}
+
 impl KeySet {
     fn single(key: VerifyingKey) -> KeySet {
-        KeySet { keys: vec![key], by_kid: HashMap::new(), any_kid: true, freshness: Some(Freshness::local()) }
+        let keys = Keys { list: vec![key], by_kid: HashMap::new(), any_kid: true };
+        KeySet { keys: Arc::new(keys), freshness: Some(Freshness::local()) }
     }
 
-    fn from_keys(keys: Vec<VerifyingKey>, freshness: Freshness) -> KeySet {
-        let mut set = KeySet { freshness: Some(freshness), ..KeySet::default() };
-        for key in keys {
+    fn from_keys(list: Vec<VerifyingKey>, freshness: Freshness) -> KeySet {
+        let mut keys = Keys::default();
+        for key in list {
             if let Some(kid) = &key.kid {
-                if set.by_kid.contains_key(kid) {
+                if keys.by_kid.contains_key(kid) {
                     tracing::warn!(kid, "duplicate kid in key set: the first one is kept");
                     continue;
                 }
-                set.by_kid.insert(kid.clone(), set.keys.len());
+                keys.by_kid.insert(kid.clone(), keys.list.len());
             }
-            set.keys.push(key);
+            keys.list.push(key);
         }
-        set
+        KeySet { keys: Arc::new(keys), freshness: Some(freshness) }
+    }
+
+    /// The same keys, stale `max_stale` after they expire (a remote set a
+    /// provider inherits from its previous config, whose `max_stale` may
+    /// have been another).
+    pub(crate) fn with_max_stale(&self, max_stale: Duration) -> KeySet {
+        let freshness = self.freshness.map(|f| Freshness {
+            stale_after: f.expires_at.and_then(|expires| expires.checked_add(max_stale)).or(f.stale_after),
+            ..f
+        });
+        KeySet { keys: self.keys.clone(), freshness }
     }
 
     pub(crate) fn is_loaded(&self) -> bool {
@@ -124,20 +143,21 @@ impl KeySet {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.list.len()
     }
 
     /// The key for a token's `kid`. A token without one may only use a set
     /// holding exactly one key, so there is never a guess between keys.
     pub(crate) fn find(&self, kid: Option<&str>) -> Option<&VerifyingKey> {
-        if self.any_kid || (kid.is_none() && self.keys.len() == 1) {
-            return self.keys.first();
+        let keys = &self.keys;
+        if keys.any_kid || (kid.is_none() && keys.list.len() == 1) {
+            return keys.list.first();
         }
-        self.by_kid.get(kid?).map(|&i| &self.keys[i])
+        keys.by_kid.get(kid?).map(|&i| &keys.list[i])
     }
 
     pub(crate) fn kids(&self) -> Vec<&str> {
-        self.keys.iter().map(|k| k.kid.as_deref().unwrap_or("(no kid)")).collect()
+        self.keys.list.iter().map(|k| k.kid.as_deref().unwrap_or("(no kid)")).collect()
     }
 }
 
@@ -159,4 +179,25 @@ pub(crate) fn build_set(
         return Err("no usable key in the set".into());
     }
     Ok(KeySet::from_keys(keys, freshness))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_can_be_redated_for_another_max_stale() {
+        let fetched_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let freshness = Freshness::remote(fetched_at, Duration::from_secs(60), Duration::from_secs(100));
+        let set = KeySet { freshness, ..KeySet::default() };
+        let redated = set.with_max_stale(Duration::from_secs(1000)).freshness.unwrap();
+        assert_eq!(redated.stale_after, Some(fetched_at + Duration::from_secs(1060)));
+        assert_eq!((redated.fetched_at, redated.expires_at), (fetched_at, freshness.unwrap().expires_at));
+        let local = KeySet { freshness: Some(Freshness::local()), ..KeySet::default() };
+        assert_eq!(
+            local.with_max_stale(Duration::ZERO).freshness.unwrap().stale_after,
+            None,
+            "local keys never go stale"
+        );
+    }
 }

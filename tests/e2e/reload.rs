@@ -136,6 +136,32 @@ async fn a_reload_that_failed_for_a_missing_file_is_applied_once_the_file_appear
     assert_eq!(reloads("success").await, 1.0);
 }
 
+#[tokio::test]
+async fn a_changed_provider_verifies_with_the_keys_it_had_while_its_identity_provider_is_down() {
+    let stack = Stack::with(Options { admin: true, ..Options::default() }).await;
+    let token = stack.token(json!({}));
+    let just_expired = stack.token(json!({"exp": now() - 10}));
+    assert_eq!(stack.get_with_token("/orders", &token).await.status, 200);
+    assert_eq!(stack.get_with_token("/orders", &just_expired).await.status, 200, "within the 30s leeway");
+
+    stack.idp.stop();
+    stack.write_config(&stack.render(&Options {
+        provider: "leeway = \"1s\"".into(),
+        admin: true,
+        ..Options::default()
+    }));
+    stack.reloader.reload().await.expect("the new config is good");
+    assert_eq!(stack.get_with_token("/orders", &just_expired).await.status, 401, "the new leeway applies");
+    let reply = stack.get_with_token("/orders", &token).await;
+    assert_eq!(
+        (reply.status, reply.upstream_header("x-user-id")),
+        (200, Some(json!("alice"))),
+        "the keys carried over"
+    );
+    let (status, body) = support::admin_get(stack.admin.unwrap(), "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+}
+
 fn other_audience() -> String {
     format!(
         "[[providers]]\nname = \"idp\"\nissuer = \"{ISSUER}\"\njwks_url = \"{{jwks_url}}\"\naudiences = [\"somebody-else\"]\n"
