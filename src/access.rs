@@ -1,6 +1,9 @@
 //! One access-log event and one set of metrics per request, written when
 //! the response has been sent (or abandoned), so they carry the bytes sent
-//! and the whole time taken. Also the request id every request carries.
+//! and the whole time taken; a request dropped before it had a response
+//! (the client reset the stream or went away, shutdown cut the connection)
+//! is written when dropped, with status 499 as nginx does. Never twice.
+//! Also the request id every request carries.
 //!
 //! Never logged: a token, a secret, the query string (it may hold either).
 
@@ -21,6 +24,11 @@ use crate::state::Snapshot;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID: usize = 128;
+/// nginx's "client closed request": there was no response to send.
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => panic!("499 is a status code"),
+};
 
 /// The client's `x-request-id` when it sent exactly one sane value (up to
 /// 128 characters of letters, digits and `-_.:/+=@`), else a new one.
@@ -80,6 +88,8 @@ pub(crate) struct Exchange {
     detail: Option<String>,
     pub(crate) sub: Option<String>,
     upstream: Option<Duration>,
+    /// Logged and counted already.
+    finished: bool,
 }
 
 impl Exchange {
@@ -97,6 +107,7 @@ impl Exchange {
             detail: None,
             sub: None,
             upstream: None,
+            finished: false,
         }
     }
 
@@ -133,8 +144,12 @@ impl Exchange {
         self.metrics().upstream_duration.record(after.as_secs_f64());
     }
 
-    /// Counts the request and writes its access-log event.
-    fn finish(self, status: StatusCode, bytes: u64, completed: bool) {
+    /// Counts the request and writes its access-log event, the first time
+    /// only.
+    fn finish(&mut self, status: StatusCode, bytes: u64, completed: bool) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         let elapsed = self.started.elapsed();
         let metrics = self.metrics();
         metrics.request(&self.method, status);
@@ -150,8 +165,8 @@ impl Exchange {
             status = status.as_u16(),
             decision = self.decision.as_str(),
             reason = self.reason,
-            detail = self.detail,
-            sub = self.sub,
+            detail = self.detail.as_deref(),
+            sub = self.sub.as_deref(),
             upstream_ms = self.upstream.map(millis),
             duration_ms = millis(elapsed),
             bytes,
@@ -161,23 +176,30 @@ impl Exchange {
     }
 }
 
+/// A request dropped before it had a response: its handler's future was
+/// dropped (an HTTP/2 reset, a client gone while the upstream was slow,
+/// a connection cut at the end of `shutdown_timeout`).
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.finish(CLIENT_CLOSED, 0, false);
+    }
+}
+
 /// A response body that finishes its `Exchange` once sent or dropped.
 pub(crate) struct Logged<B: Body<Data = Bytes> + Unpin> {
     body: B,
     status: StatusCode,
     bytes: u64,
-    exchange: Option<Exchange>,
+    exchange: Exchange,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Logged<B> {
     pub(crate) fn new(body: B, status: StatusCode, exchange: Exchange) -> Logged<B> {
-        Logged { body, status, bytes: 0, exchange: Some(exchange) }
+        Logged { body, status, bytes: 0, exchange }
     }
 
     fn finish(&mut self, completed: bool) {
-        if let Some(exchange) = self.exchange.take() {
-            exchange.finish(self.status, self.bytes, completed);
-        }
+        self.exchange.finish(self.status, self.bytes, completed);
     }
 }
 
@@ -211,7 +233,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
 
 impl<B: Body<Data = Bytes> + Unpin> Drop for Logged<B> {
     fn drop(&mut self) {
-        // an empty body may never be polled; anything else was cut short
+        // an empty body may never be polled; anything else was cut short.
+        // Runs before the exchange's own drop, which then finds it finished.
         let completed = self.body.is_end_stream();
         self.finish(completed);
     }

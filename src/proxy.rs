@@ -6,7 +6,8 @@
 //!
 //! `handle` is the one outer handler: it loads the live snapshot once, runs
 //! the steps, turns any refusal into its response, and hands the response
-//! body an `Exchange` that logs and counts the request once it is sent.
+//! body an `Exchange` that logs and counts the request once it is sent (a
+//! request dropped before that logs itself, as 499).
 //! `prepare` is everything up to forwarding; `portcullis explain` runs the
 //! same function with a `Trace` that records each step.
 

@@ -201,6 +201,61 @@ async fn metrics_cover_requests_denials_upstreams_keys_and_reloads() {
     assert!(text.contains(r#"portcullis_request_duration_seconds_bucket{route="orders",le="0.001"}"#), "{text}");
 }
 
+/// A route `name` on `/name` to an upstream that accepts connections and
+/// never answers; the listener tells when a request got that far.
+async fn silent_route(name: &str) -> (String, tokio::net::TcpListener) {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let route =
+        format!("[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n");
+    (route, upstream)
+}
+
+#[tokio::test]
+async fn a_request_dropped_before_its_response_is_logged_and_counted_as_499() {
+    let (http1, http1_upstream) = silent_route("slow1").await;
+    let (http2, http2_upstream) = silent_route("slow2").await;
+    let (logs, _logging) = support::Logs::capture();
+    let stack = Stack::with(with_admin(Options::routes(&format!("{http1}{http2}")))).await;
+    let admin = stack.admin.unwrap();
+    let count = |route: &'static str| async move {
+        let text = admin_get(admin, "/metrics").await.1;
+        let series = format!(r#"portcullis_requests_total{{route="{route}",method="GET",status="4xx"}}"#);
+        (support::metric(&text, &series), text)
+    };
+
+    // HTTP/1.1: the client closes the connection while the upstream is slow
+    let mut client = stack.connect().await;
+    let head = format!("GET /slow1 HTTP/1.1\r\n{}\r\n\r\n", stack.host());
+    tokio::io::AsyncWriteExt::write_all(&mut client, head.as_bytes()).await.unwrap();
+    let _held = tokio::time::timeout(WITHIN, http1_upstream.accept()).await.expect("forwarded").unwrap();
+    drop(client);
+    assert!(eventually(WITHIN, || async { count("slow1").await.0 == 1.0 }).await, "{}", count("slow1").await.1);
+
+    // HTTP/2: the client resets the stream
+    let mut client = support::h2_connect(&stack).await.ready().await.unwrap();
+    let (response, stream) = client.send_request(Request::get(stack.url("/slow2")).body(()).unwrap(), true).unwrap();
+    let _held = tokio::time::timeout(WITHIN, http2_upstream.accept()).await.expect("forwarded").unwrap();
+    drop((response, stream));
+    assert!(eventually(WITHIN, || async { count("slow2").await.0 == 1.0 }).await, "{}", count("slow2").await.1);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = admin_get(admin, "/metrics").await.1;
+    for route in ["slow1", "slow2"] {
+        let series = format!(r#"portcullis_request_duration_seconds_count{{route="{route}"}}"#);
+        assert_eq!(support::metric(&text, &series), 1.0, "counted once: {text}");
+        let events: Vec<Value> = logs.access().into_iter().filter(|event| event["fields"]["route"] == route).collect();
+        let [event] = events.as_slice() else { panic!("logged once: {events:?}") };
+        let fields = &event["fields"];
+        assert_eq!(
+            (&fields["status"], &fields["completed"], &fields["bytes"]),
+            (&json!(499), &json!(false), &json!(0)),
+            "{event}"
+        );
+        assert_eq!(fields["path"], format!("/{route}"), "{event}");
+    }
+}
+
 fn shadow_route() -> Options {
     let routes = r#"
 [[routes]]

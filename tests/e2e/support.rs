@@ -421,3 +421,39 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub fn metric(exposition: &str, series: &str) -> f64 {
     exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
+
+/// What the gateway logs on this thread (a `#[tokio::test]` runs the whole
+/// stack on one), as JSON events, until the guard is dropped.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The access-log events so far.
+    pub fn access(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        let events = text.lines().filter_map(|line| serde_json::from_str::<Value>(line).ok());
+        events.filter(|event| event["target"] == "portcullis::access").collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
