@@ -8,7 +8,7 @@
 //! than hundreds of zeros. Gauges about keys and connections are computed
 //! when scraped.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteMode;
+use crate::keys::KeySet;
 use crate::state::Snapshot;
 
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -72,12 +73,20 @@ enum Kind {
     Histogram,
 }
 
+/// The gauges each provider has, set when scraped.
+const PROVIDER_GAUGES: [&str; 3] =
+    ["portcullis_jwks_seconds_since_fetch", "portcullis_jwks_keys", "portcullis_jwks_usable"];
+
 /// One gateway's metrics.
 pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     pub(crate) config_reloads: Outcomes,
     pub(crate) certificate_reloads: Outcomes,
+    /// The providers whose gauges the last scrape set. The exporter cannot
+    /// drop a series, so those of a provider a reload removed are set to
+    /// NaN rather than left showing its last, healthy-looking values.
+    shown_providers: Mutex<Vec<String>>,
 }
 
 /// A success and a failure counter.
@@ -116,6 +125,7 @@ impl Metrics {
             certificate_reloads: outcomes("portcullis_certificate_reloads_total"),
             recorder,
             handle,
+            shown_providers: Mutex::default(),
         };
         metrics.gauge("portcullis_build_info", vec![Label::new("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         Arc::new(metrics)
@@ -159,19 +169,38 @@ impl Metrics {
 
     /// The text exposition, with the scrape-time gauges brought up to date.
     pub(crate) fn render(&self, snapshot: &Snapshot, open_connections: usize) -> String {
-        let now = SystemTime::now();
-        for (provider, keys) in snapshot.config.providers.iter().zip(&snapshot.keys) {
-            let labels = || vec![Label::new("provider", provider.config.name.clone())];
-            let age = keys.freshness.map(|f| now.duration_since(f.fetched_at).unwrap_or(Duration::ZERO));
-            // never loaded: as old as can be, so an age alert fires
-            self.gauge("portcullis_jwks_seconds_since_fetch", labels())
-                .set(age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
-            self.gauge("portcullis_jwks_keys", labels()).set(keys.len() as f64);
-            self.gauge("portcullis_jwks_usable", labels()).set(if keys.is_usable(now) { 1.0 } else { 0.0 });
-        }
+        let providers = snapshot.config.providers.iter().map(|provider| provider.config.name.as_str());
+        self.provider_gauges(providers.zip(snapshot.keys.iter().map(|keys| &**keys)));
         self.gauge("portcullis_open_connections", Vec::new()).set(open_connections as f64);
         self.gauge("portcullis_token_cache_entries", Vec::new()).set(snapshot.config.tokens.len() as f64);
         self.handle.render()
+    }
+
+    /// Sets each provider's gauges, and NaN for those no longer there.
+    fn provider_gauges<'a>(&self, providers: impl Iterator<Item = (&'a str, &'a KeySet)>) {
+        let labels = |name: &str| vec![Label::new("provider", name.to_owned())];
+        let now = SystemTime::now();
+        let mut shown = Vec::new();
+        for (name, keys) in providers {
+            let age = keys.freshness.map(|f| now.duration_since(f.fetched_at).unwrap_or(Duration::ZERO));
+            // never loaded: as old as can be, so an age alert fires
+            let values = [
+                age.map_or(f64::INFINITY, |a| a.as_secs_f64()),
+                keys.len() as f64,
+                if keys.is_usable(now) { 1.0 } else { 0.0 },
+            ];
+            for (family, value) in PROVIDER_GAUGES.into_iter().zip(values) {
+                self.gauge(family, labels(name)).set(value);
+            }
+            shown.push(name.to_owned());
+        }
+        let mut last = self.shown_providers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gone in last.iter().filter(|name| !shown.contains(name)) {
+            for family in PROVIDER_GAUGES {
+                self.gauge(family, labels(gone)).set(f64::NAN);
+            }
+        }
+        *last = shown;
     }
 
     /// Folds histogram samples into their buckets every few seconds until
@@ -330,5 +359,20 @@ mod tests {
         }
         assert!(!text.contains(r#"method="POST""#), "unused series are not shown");
         assert!(DENIAL_REASONS.len() <= MAX_REASONS);
+    }
+
+    #[test]
+    fn the_gauges_of_a_removed_provider_turn_nan() {
+        let metrics = Metrics::new();
+        let keys = KeySet::default();
+        metrics.provider_gauges([("kept", &keys), ("removed", &keys)].into_iter());
+        metrics.provider_gauges([("kept", &keys)].into_iter());
+        let text = metrics.handle.render();
+        assert!(text.contains(r#"portcullis_jwks_keys{provider="kept"} 0"#), "{text}");
+        for family in PROVIDER_GAUGES {
+            assert!(text.contains(&format!(r#"{family}{{provider="removed"}} NaN"#)), "{family} in\n{text}");
+        }
+        metrics.provider_gauges([("kept", &keys), ("removed", &keys)].into_iter());
+        assert!(metrics.handle.render().contains(r#"portcullis_jwks_usable{provider="removed"} 0"#), "back");
     }
 }
