@@ -14,12 +14,6 @@ use portcullis::explain::Question;
 use portcullis::{Config, Gateway, Reloader};
 use tracing_subscriber::EnvFilter;
 
-/// A request allocates and frees many small buffers across threads (header
-/// maps, bytes, futures); mimalloc's per-thread free lists make that
-/// cheaper than glibc's malloc, which the benchmark showed at ~14% of CPU.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(version, about = "An authentication gateway: TLS, routes, JWT verification, identity headers")]
 struct Cli {
