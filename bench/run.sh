@@ -329,6 +329,8 @@ portcullis_config() {
 		say "name = \"all\""
 		say "path = \"/\""
 		say "upstream = \"http://127.0.0.1:$UP\""
+		# what a real route does with a verified token: the upstream learns who
+		say "inject_headers = { \"x-user-id\" = \"sub\" }"
 		for ((i = 1; i < routes; i++)); do
 			say ""
 			say "[[routes]]"
