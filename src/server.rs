@@ -257,12 +257,15 @@ enum Protocol {
     Either,
 }
 
+/// Each path is boxed, so a plaintext connection's task is not sized for a
+/// TLS one's state (a task is as big as its largest path, for its whole
+/// life, and idle keep-alive connections are most of them).
 async fn serve_connection(stream: TcpStream, accepted: Accepted, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let serving = shared.serving.load_full();
     let proxy = &shared.proxy;
     let Some(acceptor) = &serving.tls else {
-        return serve_http(stream, Protocol::Either, None, accepted, &serving, proxy).await;
+        return Box::pin(serve_http(stream, Protocol::Either, None, accepted, &serving, proxy)).await;
     };
     let peer = accepted.peer;
     match tokio::time::timeout(serving.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
@@ -270,7 +273,7 @@ async fn serve_connection(stream: TcpStream, accepted: Accepted, shared: Arc<Sha
             let session = stream.get_ref().1;
             let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
             let client_cert = tls::client_cert(session).map(Arc::new);
-            serve_http(stream, protocol, client_cert, accepted, &serving, proxy).await
+            Box::pin(serve_http(stream, protocol, client_cert, accepted, &serving, proxy)).await
         }
         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -307,7 +310,9 @@ async fn serve_http<IO>(
         let (proxy, in_flight) = (proxy.clone(), requests.request());
         let (activity, connection) = (requests.clone(), connection.clone());
         async move {
-            let response = proxy.handle(request, connection).await;
+            // boxed per request: hyper keeps a box the size of this future
+            // for the whole life of every connection, idle ones included
+            let response = Box::pin(proxy.handle(request, connection)).await;
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 activity.upgraded();
             }
