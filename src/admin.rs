@@ -3,6 +3,8 @@
 //! `/healthz` (alive), `/readyz` (config loaded, keys usable, not shutting
 //! down), `/metrics` (Prometheus text) and `/config` (the running config,
 //! redacted, with its hash). Reads the live snapshot like a request does.
+//! `POST /revocations` (see `revocation::api`) is the one endpoint that changes
+//! anything, and the one that asks for a credential.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,7 +56,7 @@ impl Admin {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.respond(&request)) }
+                    async move { Ok::<_, Infallible>(admin.respond(request).await) }
                 });
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
@@ -66,7 +68,10 @@ impl Admin {
         }
     }
 
-    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.uri().path() == "/revocations" {
+            return crate::revocation::api::answer(&self.state.load_full(), request).await;
+        }
         if request.method() != Method::GET {
             let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"}));
             response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
@@ -128,6 +133,11 @@ impl Admin {
             "reason": if draining { Some("shutting down") } else if !ready { Some("a provider's keys are not usable") } else { None },
             "config_sha256": snapshot.config.source.sha256,
             "providers": providers,
+            "revocation": snapshot.config.revocations.as_ref().map(|list| {
+                let (entries, age) = list.status();
+                let stale = age.is_none_or(|age| age > list.config.max_staleness);
+                json!({"entries": entries, "age_seconds": age.map(|age| age.as_secs_f64()), "stale": stale})
+            }),
         });
         (ready && !draining, body)
     }
@@ -164,7 +174,7 @@ fn usage(snapshot: &Snapshot, index: usize) -> Usage {
     })
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

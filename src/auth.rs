@@ -16,6 +16,7 @@ use crate::config::{AuthMode, ClaimRequirement, RouteConfig, TokenSource};
 use crate::headers::claim_header_value;
 use crate::keys::KeySet;
 use crate::refetch::keys_for;
+use crate::revocation::Subject;
 use crate::state::{Provider, SharedState, Snapshot};
 use crate::token::{self, Reason};
 use crate::token_cache::Verified;
@@ -131,6 +132,8 @@ pub(crate) enum AuthError {
     KeysUnavailable(String),
     #[error("the signing keys of provider {0:?} are older than max_stale")]
     KeysStale(String),
+    #[error("the revocation list is unavailable")]
+    RevocationUnavailable,
     #[error("claim {claim:?} must include {missing:?}")]
     Insufficient {
         claim: String,
@@ -271,6 +274,7 @@ async fn verify(
         match recheck(&verified, route, snapshot, SystemTime::now()) {
             Some(Ok(())) => {
                 cache.hit();
+                unrevoked(&verified, route, snapshot)?;
                 return Ok(verified);
             }
             Some(Err(error)) => return Err(error),
@@ -281,7 +285,22 @@ async fn verify(
     if let Some(key) = key {
         cache.insert(key, verified.clone());
     }
+    unrevoked(&verified, route, snapshot)?;
     Ok(verified)
+}
+
+/// Checks the token against the revocation list when its provider or the
+/// route asks for it. Fails closed: validation ties `revocation = true` to
+/// a `[revocation]` table, and a verification made under one keeps the
+/// claims the check needs.
+fn unrevoked(verified: &Verified, route: &RouteConfig, snapshot: &Snapshot) -> Result<(), AuthError> {
+    if !(verified.revocable || route.revocation) {
+        return Ok(());
+    }
+    match (&snapshot.config.revocations, &verified.subject) {
+        (Some(list), Some(subject)) => list.check(subject),
+        _ => Err(AuthError::RevocationUnavailable),
+    }
 }
 
 async fn verify_afresh(
@@ -309,6 +328,8 @@ async fn verify_afresh(
         valid_from,
         valid_until,
         claims: Claims::new(&jwt.claims, &snapshot.config.claim_names),
+        revocable: provider.config.revocation,
+        subject: snapshot.config.revocations.is_some().then(|| Subject::of(&jwt.claims)),
     })
 }
 
@@ -317,7 +338,8 @@ async fn verify_afresh(
 /// changed provider config made a new one), allowed on this route, with
 /// usable keys that still hold the very key that verified it, and the time
 /// inside the token's window. `None`: it no longer stands (or its claims
-/// were kept for another config); verify afresh.
+/// were kept for another config); verify afresh. Revocation is checked
+/// after, on hits and fresh verifications alike.
 fn recheck(
     verified: &Verified,
     route: &RouteConfig,
@@ -325,6 +347,10 @@ fn recheck(
     now: SystemTime,
 ) -> Option<Result<(), AuthError>> {
     if !Arc::ptr_eq(&verified.claims.names, &snapshot.config.claim_names) {
+        return None;
+    }
+    // verified before the config had a revocation list: its claims were not kept
+    if verified.subject.is_none() && snapshot.config.revocations.is_some() {
         return None;
     }
     let provider = verified.provider.upgrade()?;
@@ -377,6 +403,8 @@ mod tests {
             valid_from: 0.0,
             valid_until: 0.0,
             claims: Claims::new(all, &names),
+            revocable: false,
+            subject: None,
         };
         Identity { verified: Arc::new(verified), source: TokenSource::Header }
     }

@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigError, KeySource, RemoteKeys, RemoteLocation};
 use crate::error::chain;
 use crate::keys::{self, Fetcher, Fingerprint, Freshness, KeySet};
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::state::{Compiled, Provider, SharedState, Snapshot};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -91,6 +92,7 @@ impl Control {
         let state: SharedState = Arc::new(ArcSwap::from_pointee(Snapshot { config: compiled, keys }));
         let control = Control { state: state.clone(), shutdown, metrics };
         control.spawn_loops(fresh);
+        control.sync_revocations(None);
         Ok((control, state))
     }
 
@@ -145,7 +147,25 @@ impl Control {
         let applied =
             Applied { kept: compiled.providers.len() - fresh.len(), added: fresh.len(), retired: retired.len() };
         self.spawn_loops(fresh);
+        self.sync_revocations(current.config.revocations.as_ref());
         Ok(applied)
+    }
+
+    /// Starts the live revocation list's sync loop if it is new, and stops
+    /// the one it replaced (`before`, the list of the previous config).
+    fn sync_revocations(&self, before: Option<&Arc<Revocations>>) {
+        let now = self.state.load().config.revocations.clone();
+        let same = |a: &Arc<Revocations>, b: &Arc<Revocations>| Arc::ptr_eq(a, b);
+        if let Some(old) = before
+            && now.as_ref().is_none_or(|now| !same(now, old))
+        {
+            old.retired.cancel();
+        }
+        if let Some(now) = now
+            && before.is_none_or(|old| !same(&now, old))
+        {
+            tokio::spawn(now.sync(self.shutdown.clone()));
+        }
     }
 
     /// The snapshot `start` would publish, without key loops: local keys

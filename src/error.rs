@@ -51,6 +51,7 @@ impl Rejection {
             Rejection::Auth(AuthError::Invalid(reason)) => reason.code(),
             Rejection::Auth(AuthError::KeysUnavailable(_)) => "keys_unavailable",
             Rejection::Auth(AuthError::KeysStale(_)) => "keys_stale",
+            Rejection::Auth(AuthError::RevocationUnavailable) => "revocation_unavailable",
             Rejection::Auth(AuthError::Insufficient { .. }) => "insufficient_claims",
             Rejection::Upstream(UpstreamError::Unreachable(_)) => "upstream_unreachable",
             Rejection::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
@@ -79,9 +80,9 @@ impl Rejection {
                 return (StatusCode::UNAUTHORIZED, None);
             }
             Rejection::Auth(AuthError::Invalid(_)) => (StatusCode::UNAUTHORIZED, "invalid_token"),
-            Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
-            }
+            Rejection::Auth(
+                AuthError::KeysUnavailable(_) | AuthError::KeysStale(_) | AuthError::RevocationUnavailable,
+            ) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
             Rejection::Auth(AuthError::Insufficient { .. }) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             Rejection::Upstream(UpstreamError::Unreachable(_)) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             Rejection::Upstream(UpstreamError::Timeout(_)) => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout"),
@@ -96,6 +97,9 @@ impl Rejection {
             Rejection::Upstream(UpstreamError::Timeout(_)) => "the upstream did not answer in time".into(),
             Rejection::Auth(AuthError::KeysUnavailable(_) | AuthError::KeysStale(_)) => {
                 "the token cannot be checked right now; retry later".into()
+            }
+            Rejection::Auth(AuthError::RevocationUnavailable) => {
+                "the revocation list is unavailable, so the token cannot be checked; retry later".into()
             }
             // the route's policy stays in the log (and in `scope` for scopes)
             Rejection::Auth(AuthError::Insufficient { .. }) => "the token does not grant access to this route".into(),

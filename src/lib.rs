@@ -31,6 +31,7 @@ mod proxy;
 mod refetch;
 mod reload;
 mod request;
+pub mod revocation;
 mod route;
 mod server;
 mod state;

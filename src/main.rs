@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use portcullis::config::{LogConfig, LogFormat};
 use portcullis::explain::Question;
+use portcullis::revocation::{EntryFields, Revoked};
 use portcullis::{Config, Gateway, Reloader};
 use tracing_subscriber::EnvFilter;
 
@@ -65,6 +66,29 @@ enum Command {
         /// Where the admin listener listens (loopback only).
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
+    },
+    /// Revoke tokens: write one entry to the revocation list the config's
+    /// `[revocation]` names (the file, or Redis). Gateways using the same
+    /// list deny the tokens at their next read of it (through Redis: at once).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "sub", "sid"])))]
+    Revoke {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The token with this `jti` (give its `--exp`).
+        #[arg(long)]
+        jti: Option<String>,
+        /// Every token of this `sub` issued before `--before` (default now).
+        #[arg(long)]
+        sub: Option<String>,
+        /// Every token of this session id `sid` (give the `--exp` of its last token).
+        #[arg(long)]
+        sid: Option<String>,
+        /// Expiry of the token (or session), in seconds since the epoch.
+        #[arg(long)]
+        exp: Option<u64>,
+        /// The cut-off for `--sub`, in seconds since the epoch.
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// Exit 0 if `url` answers 2xx within 2 s, else 1: a health check for
     /// images without curl.
@@ -123,6 +147,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(error.to_string()),
             }
+        }
+        Command::Revoke { config, jti, sub, sid, exp, before } => {
+            init_logging(&LogConfig { level: "warn".into(), ..LogConfig::default() });
+            let fields = EntryFields { jti, sub, sid, exp, before };
+            runtime.block_on(revoke(&config, fields))
         }
         Command::Health { url } => match runtime.block_on(portcullis::admin::probe(&url, Duration::from_secs(2))) {
             Ok(status) if status.is_success() => ExitCode::SUCCESS,
@@ -214,6 +243,24 @@ async fn serve(config: Config) -> ExitCode {
     gateway.serve(shutdown_signal()).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+async fn revoke(path: &Path, fields: EntryFields) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => return fail(error.to_string()),
+    };
+    let revoked = match Revoked::try_from(fields) {
+        Ok(revoked) => revoked,
+        Err(error) => return fail_with(2, error),
+    };
+    match portcullis::revocation::revoke(&config, &revoked).await {
+        Ok(()) => {
+            println!("revoked: {}", serde_json::to_string(&revoked.fields()).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error),
+    }
 }
 
 async fn explain(path: &Path, question: &Question) -> ExitCode {

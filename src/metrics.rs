@@ -330,6 +330,8 @@ pub(crate) const DENIAL_REASONS: &[&str] = &[
     "missing_claim",
     "bad_claim_type",
     "unsendable_claim",
+    "revoked",
+    "revocation_unavailable",
 ];
 
 #[cfg(test)]

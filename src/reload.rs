@@ -251,7 +251,7 @@ impl Bound {
             ("server.listen", self.listen != config.server.listen),
             ("server.max_connections", self.max_connections != limits.max_connections),
             ("server.max_connections_per_client", self.max_connections_per_client != limits.max_connections_per_client),
-            ("admin.listen", self.admin != config.admin),
+            ("admin.listen", self.admin.as_ref().map(|a| a.listen) != config.admin.as_ref().map(|a| a.listen)),
             ("log.format", self.log.format != config.log.format),
             ("log.level", self.log.level != config.log.level),
             ("server.workers", self.workers != config.server.tuning.workers),

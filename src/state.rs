@@ -15,6 +15,7 @@ use crate::headers::IdentityHeaders;
 use crate::keys::KeySet;
 use crate::metrics::{Metrics, ProviderMetrics, RouteMetrics};
 use crate::refetch::Refetch;
+use crate::revocation::Revocations;
 use crate::route::RouteTable;
 use crate::token::ClaimRules;
 use crate::token_cache::TokenCache;
@@ -39,6 +40,10 @@ pub(crate) struct Compiled {
     pub(crate) claim_names: Arc<ClaimNames>,
     /// Carried over by reloads; its entries check their provider and key.
     pub(crate) tokens: Arc<TokenCache>,
+    /// The local copy of the revocation list; carried over by reloads that
+    /// leave `[revocation]` as it was, else made anew (`control` starts
+    /// and retires its sync loop).
+    pub(crate) revocations: Option<Arc<Revocations>>,
     /// For requests no route matched.
     pub(crate) unrouted: RouteMetrics,
     /// Same order as `source.providers`. A reload carries a provider whose
@@ -96,6 +101,18 @@ impl Compiled {
             Some(previous) if *previous.claim_names == claim_names => previous.claim_names.clone(),
             _ => Arc::new(claim_names),
         };
+        let previous_list = previous.and_then(|p| p.revocations.as_ref());
+        let revocations = match (&config.revocation, previous_list) {
+            (Some(wanted), Some(kept)) if kept.config == *wanted => Some(kept.clone()),
+            (Some(wanted), replaced) => {
+                let list = Revocations::new(wanted).map_err(|reason| config.error("revocation.file", reason))?;
+                if let Some(old) = replaced {
+                    list.inherit(old);
+                }
+                Some(Arc::new(list))
+            }
+            (None, _) => None,
+        };
         let routes = RouteTable::new(config.routes.clone(), previous.map(|p| &p.routes), metrics)
             .map_err(|(index, reason)| config.error(&format!("routes[{index}].upstream_ca_file"), reason))?;
         Ok(Compiled {
@@ -107,6 +124,7 @@ impl Compiled {
             })),
             claim_names,
             tokens,
+            revocations,
             providers,
             unrouted: metrics.route("-"),
             source: config,

@@ -42,6 +42,8 @@ pub enum Reason {
     MissingClaim,
     BadClaimType,
     UnsendableClaim,
+    /// On the revocation list.
+    Revoked,
 }
 
 impl Reason {
@@ -66,6 +68,7 @@ impl Reason {
             Reason::MissingClaim => "missing_claim",
             Reason::BadClaimType => "bad_claim_type",
             Reason::UnsendableClaim => "unsendable_claim",
+            Reason::Revoked => "revoked",
         }
     }
 
@@ -91,6 +94,7 @@ impl Reason {
             Reason::MissingClaim => "the token lacks a required claim",
             Reason::BadClaimType => "a claim of the token has the wrong type",
             Reason::UnsendableClaim => "a claim of the token cannot be sent as a header",
+            Reason::Revoked => "the token has been revoked",
         }
     }
 }

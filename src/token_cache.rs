@@ -14,7 +14,9 @@
 //! likely to be asked for again (quick_cache's CLOCK-Pro).
 //!
 //! It holds only the claims the running config reads (see `Claims`), so an
-//! entry costs a few hundred bytes whatever the token carries.
+//! entry costs a few hundred bytes whatever the token carries. A hit is
+//! checked against the revocation list like a fresh verification, so a
+//! revoked token is refused as soon as the local copy of the list has it.
 
 use std::sync::{Arc, Weak};
 
@@ -25,6 +27,7 @@ use quick_cache::sync::Cache;
 use crate::auth::Claims;
 use crate::keys::KeyFingerprint;
 use crate::metrics::Metrics;
+use crate::revocation::Subject;
 use crate::state::Provider;
 
 pub(crate) type TokenHash = [u8; 32];
@@ -40,6 +43,11 @@ pub(crate) struct Verified {
     pub(crate) valid_from: f64,
     pub(crate) valid_until: f64,
     pub(crate) claims: Claims,
+    /// Its provider checks every token against the revocation list.
+    pub(crate) revocable: bool,
+    /// What the revocation list is checked against; taken whenever the
+    /// config has a list, so a hit is checked at once, every time.
+    pub(crate) subject: Option<Subject>,
 }
 
 pub(crate) struct TokenCache {

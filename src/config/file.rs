@@ -23,6 +23,42 @@ pub(crate) struct ConfigFile {
     pub(crate) admin: Option<AdminFile>,
     #[serde(default)]
     pub(crate) log: LogFile,
+    pub(crate) revocation: Option<RevocationFile>,
+}
+
+/// Where revoked tokens are listed, and how fresh the local copy must be.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevocationFile {
+    pub(crate) backend: RevocationBackendName,
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) url: Option<String>,
+    pub(crate) key_prefix: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) resync_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_staleness: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_token_lifetime: Option<Duration>,
+    pub(crate) fail_mode: Option<FailMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RevocationBackendName {
+    File,
+    Redis,
+}
+
+/// What a token on a revocation-checked route gets when the local copy of
+/// the revocation list is older than `max_staleness`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Accepted (checked against the copy there is), with a warning.
+    Open,
+    /// Refused with 503.
+    Closed,
 }
 
 /// The admin listener: health, readiness, metrics, the running config.
@@ -30,6 +66,7 @@ pub(crate) struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminFile {
     pub(crate) listen: String,
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -150,6 +187,7 @@ pub(crate) struct ProviderFile {
     #[serde(default, with = "humantime_serde")]
     pub(crate) max_token_age: Option<Duration>,
     pub(crate) required_typ: Option<String>,
+    pub(crate) revocation: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -181,6 +219,7 @@ pub(crate) struct RouteFile {
     pub(crate) inject_client_cert: BTreeMap<String, String>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) upstream_timeout: Option<Duration>,
+    pub(crate) revocation: Option<bool>,
 }
 
 /// How a route treats the bearer token.

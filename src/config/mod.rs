@@ -8,6 +8,7 @@ mod file;
 mod locate;
 mod provider;
 mod redact;
+mod revocation;
 mod server;
 mod validate;
 
@@ -23,7 +24,7 @@ use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 
 pub(crate) use file::ConfigFile;
-pub use file::{AuthMode, ClientAuth, LogFormat, PathMatch, RouteMode, UpstreamProtocol};
+pub use file::{AuthMode, ClientAuth, FailMode, LogFormat, PathMatch, RouteMode, UpstreamProtocol};
 use locate::KeyLines;
 pub(crate) use redact::sha256_hex;
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    /// `None`: no token is checked against a revocation list.
+    pub revocation: Option<RevocationConfig>,
     /// Where each key was written, for errors found after validation.
     lines: Arc<KeyLines>,
     /// The file as written (after dev mode's changes), as JSON, with
@@ -54,6 +57,34 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The bearer token `POST /revocations` demands, read from this file
+    /// on each call (so it can be rotated); `None`: no such endpoint.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The revocation list: where it is kept and how fresh its local copy must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationConfig {
+    pub backend: RevocationBackend,
+    /// How often the backend is read in full (the file polled, Redis scanned).
+    pub resync_interval: Duration,
+    /// A local copy older than this is stale: `fail_mode` decides.
+    pub max_staleness: Duration,
+    pub fail_mode: FailMode,
+    /// How long a `sub` cut-off is kept after its `before` time: the longest
+    /// lifetime of a token it must deny.
+    pub max_token_lifetime: Duration,
+    /// How long a `jti` or `sid` entry is kept past the token's `exp`: the
+    /// largest `leeway` of any provider, which accepts a token that long.
+    pub expiry_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationBackend {
+    /// A TOML (or, named `*.json`, JSON) file, polled for changes.
+    File(PathBuf),
+    /// Redis: keys under `key_prefix`, and a pub/sub channel.
+    Redis { url: String, key_prefix: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +205,8 @@ pub struct ProviderConfig {
     pub max_token_age: Option<Duration>,
     /// Normalised: lowercase, without an `application/` prefix.
     pub required_typ: Option<String>,
+    /// Its tokens are checked against the revocation list on every route.
+    pub revocation: bool,
 }
 
 /// Where a provider's keys come from.
@@ -269,6 +302,9 @@ pub struct RouteConfig {
     pub upstream_ca_file: Option<PathBuf>,
     pub upstream_protocol: UpstreamProtocol,
     pub upstream_timeout: Duration,
+    /// Every token this route accepts is checked against the revocation
+    /// list, whatever its provider says.
+    pub revocation: bool,
 }
 
 /// A claim that must hold every one of `values`.
@@ -408,6 +444,18 @@ impl Config {
                 algorithms.join(", "),
                 p.audiences.join(", "),
             ));
+        }
+        if let Some(revocation) = &self.revocation {
+            let backend = match &revocation.backend {
+                RevocationBackend::File(path) => format!("file {}", path.display()),
+                // the URL may carry a password
+                RevocationBackend::Redis { key_prefix, .. } => format!("redis, keys {key_prefix}*"),
+            };
+            let mode = match revocation.fail_mode {
+                FailMode::Open => "open",
+                FailMode::Closed => "closed",
+            };
+            out.push_str(&format!("revocation list: {backend}, fail_mode {mode}\n"));
         }
         for r in &self.routes {
             out.push_str(&format!("route {}: {}\n", r.name, r.describe()));

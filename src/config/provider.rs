@@ -60,6 +60,7 @@ pub(super) fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, I
         leeway,
         max_token_age,
         required_typ,
+        revocation: file.revocation.unwrap_or(false),
     })
 }
 

@@ -283,3 +283,60 @@ fn a_provider_changed_only_in_its_rules_or_timing_loads_the_same_keys() {
         assert!(!running.same_keys(&provider(other)), "{other}");
     }
 }
+
+#[test]
+fn revocation_rules_name_the_key() {
+    let table = |keys: &str| format!("{}[revocation]\n{keys}\n", route(""));
+    let cases = [
+        (table("backend = \"file\""), "revocation.file: backend = \"file\" needs the path"),
+        (
+            table("backend = \"file\"\nfile = \"r.toml\"\nurl = \"redis://r\""),
+            "revocation.url: applies to backend = \"redis\"",
+        ),
+        (table("backend = \"redis\""), "revocation.url: backend = \"redis\" needs url"),
+        (table("backend = \"redis\"\nurl = \"http://r\""), "revocation.url: \"http://r\" must be redis://"),
+        (
+            table("backend = \"redis\"\nurl = \"redis://r\"\nfile = \"x\""),
+            "revocation.file: applies to backend = \"file\"",
+        ),
+        (table("backend = \"redis\"\nurl = \"redis://r\"\nkey_prefix = \"a*\""), "revocation.key_prefix: no spaces"),
+        (table("backend = \"disk\""), "revocation.backend: unknown variant `disk`"),
+        (
+            table("backend = \"file\"\nfile = \"r.toml\"\nresync_interval = \"10s\"\nmax_staleness = \"5s\""),
+            "revocation.max_staleness: must be longer than resync_interval",
+        ),
+        (
+            table("backend = \"file\"\nfile = \"r.toml\"\nfail_mode = \"maybe\""),
+            "revocation.fail_mode: unknown variant",
+        ),
+        (route("revocation = true"), "routes[0].revocation: needs a [revocation] table"),
+        (route("auth = \"public\"\nrevocation = true"), "routes[0].revocation: a public route verifies no token"),
+    ];
+    for (text, expected) in cases {
+        let message = error(&text);
+        assert!(message.contains(expected), "wanted {expected:?}, got {message:?}");
+    }
+    let provider = Config::parse(&format!("{PROVIDER}revocation = true\n{}", route("")), "t.toml").unwrap_err();
+    assert!(provider.to_string().contains("providers[0].revocation: needs a [revocation] table"), "{provider}");
+}
+
+#[test]
+fn revocation_defaults() {
+    let text = format!(
+        "{PROVIDER}leeway = \"45s\"\n{}[revocation]\nbackend = \"redis\"\nurl = \"redis://r:6380/2\"\n",
+        route("")
+    );
+    let config = Config::parse(&text, "t.toml").unwrap();
+    let revocation = config.revocation.unwrap();
+    assert_eq!(
+        revocation,
+        RevocationConfig {
+            backend: RevocationBackend::Redis { url: "redis://r:6380/2".into(), key_prefix: "portcullis:".into() },
+            resync_interval: Duration::from_secs(5),
+            max_staleness: Duration::from_secs(30),
+            fail_mode: FailMode::Closed,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
+            expiry_grace: Duration::from_secs(45),
+        }
+    );
+}

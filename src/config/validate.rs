@@ -29,6 +29,17 @@ pub(super) fn config(file: ConfigFile, origin: &str, lines: Arc<KeyLines>) -> Re
         return Err(invalid("routes", "at least one [[routes]] entry is needed"));
     }
     check_reachable(&routes)?;
+    let revocation = match file.revocation {
+        Some(table) => Some(super::revocation::revocation(table, &providers)?),
+        None => None,
+    };
+    if revocation.is_none() {
+        let provider = providers.iter().position(|p| p.revocation).map(|i| format!("providers[{i}].revocation"));
+        let route = routes.iter().find(|r| r.revocation).map(|r| format!("routes[{}].revocation", r.index));
+        if let Some(key) = provider.or(route) {
+            return Err(invalid(key, "needs a [revocation] table saying where the revocation list is kept"));
+        }
+    }
     Ok(Config {
         origin: origin.to_owned(),
         path: None,
@@ -38,6 +49,7 @@ pub(super) fn config(file: ConfigFile, origin: &str, lines: Arc<KeyLines>) -> Re
         routes: in_match_order(routes),
         admin: file.admin.map(admin).transpose()?,
         log: log(file.log)?,
+        revocation,
         lines,
         redacted: Arc::default(),
     })
@@ -48,7 +60,10 @@ fn admin(file: AdminFile) -> Result<AdminConfig, Invalid> {
         .listen
         .parse()
         .map_err(|_| invalid("admin.listen", format!("{:?} is not an address like \"127.0.0.1:9901\"", file.listen)))?;
-    Ok(AdminConfig { listen })
+    if file.token_file.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
+        return Err(invalid("admin.token_file", "must not be empty"));
+    }
+    Ok(AdminConfig { listen, token_file: file.token_file })
 }
 
 fn log(file: LogFile) -> Result<LogConfig, Invalid> {
@@ -96,6 +111,7 @@ fn route(
         ("providers", file.providers.is_some()),
         ("token_sources", file.token_sources.is_some()),
         ("mode", file.mode.is_some()),
+        ("revocation", file.revocation.is_some()),
     ];
     if let Some((name, _)) = verifying.iter().find(|(_, set)| *set && auth == AuthMode::Public) {
         return Err(invalid(key(name), "a public route verifies no token"));
@@ -170,6 +186,7 @@ fn route(
             file.strip_headers.as_deref().unwrap_or_default(),
         )?,
         upstream_timeout: positive(&key("upstream_timeout"), file.upstream_timeout, DEFAULT_UPSTREAM_TIMEOUT)?,
+        revocation: file.revocation.unwrap_or(false),
         name: file.name,
     })
 }

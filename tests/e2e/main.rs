@@ -9,6 +9,8 @@ mod keys;
 mod operations;
 mod proxying;
 mod reload;
+mod revocation;
+mod revocation_redis;
 mod running;
 mod shutdown;
 mod streaming;

@@ -73,6 +73,8 @@ pub struct Options {
     pub tls: bool,
     /// An admin listener on a free port.
     pub admin: bool,
+    /// More tables, after the routes (`[revocation]`, say).
+    pub tables: String,
 }
 
 impl Default for Options {
@@ -86,6 +88,7 @@ impl Default for Options {
             server: String::new(),
             tls: true,
             admin: false,
+            tables: String::new(),
         }
     }
 }
@@ -131,7 +134,7 @@ refetch_cooldown = "{}"
             ),
         };
         let providers = providers.replace("{jwks_url}", &idp.jwks_url()).replace("{issuer}", idp.issuer());
-        format!("{providers}\n{}", self.routes.replace("{upstream}", upstream))
+        format!("{providers}\n{}\n{}", self.routes.replace("{upstream}", upstream), self.tables)
     }
 }
 
@@ -408,6 +411,20 @@ pub async fn admin_request(addr: SocketAddr, method: Method, path: &str) -> (u16
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let request = Request::builder().method(method).uri(format!("http://{addr}{path}")).body(Empty::new()).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await.unwrap().unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A POST to the admin listener with `headers` and a body: status and body.
+pub async fn admin_post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(Method::POST).uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await.unwrap().unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
