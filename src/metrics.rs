@@ -8,6 +8,7 @@
 //! than hundreds of zeros. Gauges about keys and connections are computed
 //! when scraped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +36,7 @@ const MODES: [RouteMode; 2] = [RouteMode::Enforce, RouteMode::Report];
 /// Room for every `Rejection::code`; a code beyond it is counted as `other`.
 const MAX_REASONS: usize = 48;
 
-const FAMILIES: [(&str, Kind, &str); 16] = [
+const FAMILIES: [(&str, Kind, &str); 18] = [
     ("portcullis_requests_total", Kind::Counter, "Requests answered, by route, method and status class"),
     (
         "portcullis_denials_total",
@@ -63,6 +64,12 @@ const FAMILIES: [(&str, Kind, &str); 16] = [
         "Tokens found verified in the cache (hit) or verified afresh (miss)",
     ),
     ("portcullis_token_cache_entries", Kind::Gauge, "Verified tokens in the cache"),
+    ("portcullis_revocation_entries", Kind::Gauge, "Entries in the local copy of the revocation list"),
+    (
+        "portcullis_revocation_seconds_since_sync",
+        Kind::Gauge,
+        "Age of the local copy of the revocation list (since the last full read of its backend)",
+    ),
     ("portcullis_build_info", Kind::Gauge, "Always 1; the version is a label"),
 ];
 
@@ -87,6 +94,9 @@ pub(crate) struct Metrics {
     /// drop a series, so those of a provider a reload removed are set to
     /// NaN rather than left showing its last, healthy-looking values.
     shown_providers: Mutex<Vec<String>>,
+    /// The last scrape set the revocation list's gauges (NaN once a reload
+    /// removed the list, like a removed provider's).
+    shown_revocation: AtomicBool,
 }
 
 /// A success and a failure counter.
@@ -126,6 +136,7 @@ impl Metrics {
             recorder,
             handle,
             shown_providers: Mutex::default(),
+            shown_revocation: AtomicBool::new(false),
         };
         metrics.gauge("portcullis_build_info", vec![Label::new("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         Arc::new(metrics)
@@ -173,6 +184,16 @@ impl Metrics {
         self.provider_gauges(providers.zip(snapshot.keys.iter().map(|keys| &**keys)));
         self.gauge("portcullis_open_connections", Vec::new()).set(open_connections as f64);
         self.gauge("portcullis_token_cache_entries", Vec::new()).set(snapshot.config.tokens.len() as f64);
+        let revocation = snapshot.config.revocations.as_ref().map(|list| list.status());
+        let shown_before = self.shown_revocation.swap(revocation.is_some(), Ordering::Relaxed);
+        if revocation.is_some() || shown_before {
+            // never synced: as old as can be, so an age alert fires
+            let (entries, age) = revocation.map_or((f64::NAN, f64::NAN), |(entries, age)| {
+                (entries as f64, age.map_or(f64::INFINITY, |age| age.as_secs_f64()))
+            });
+            self.gauge("portcullis_revocation_entries", Vec::new()).set(entries);
+            self.gauge("portcullis_revocation_seconds_since_sync", Vec::new()).set(age);
+        }
         self.handle.render()
     }
 

@@ -99,6 +99,15 @@ impl Revoked {
         }
     }
 
+    /// `jti`, `sub` or `sid`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Revoked::Jti { .. } => "jti",
+            Revoked::Sub { .. } => "sub",
+            Revoked::Sid { .. } => "sid",
+        }
+    }
+
     /// When the entry stops mattering (every token it denies has expired),
     /// in seconds since the epoch.
     fn until(&self, config: &RevocationConfig) -> u64 {

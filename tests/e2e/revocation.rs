@@ -179,6 +179,8 @@ async fn the_admin_api_demands_the_token_and_revokes_at_once() {
     let metrics = admin_get(stack.admin.unwrap(), "/metrics").await.1;
     let series = r#"portcullis_denials_total{route="orders",reason="revoked",mode="enforce"}"#;
     assert!(metric(&metrics, series) >= 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "portcullis_revocation_entries"), 2.0, "{metrics}");
+    assert!(metric(&metrics, "portcullis_revocation_seconds_since_sync") < 5.0, "{metrics}");
     let (_, ready) = admin_get(stack.admin.unwrap(), "/readyz").await;
     let ready: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["revocation"]["entries"], 2, "{ready}");
