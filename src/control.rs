@@ -198,6 +198,18 @@ impl Control {
         }
     }
 
+    /// Resolves once the revocation list, if there is one, has been read
+    /// in full (a file list was read at start; a Redis one syncs first).
+    pub(crate) async fn first_revocation_sync(&self) {
+        loop {
+            let revocations = self.state.load().config.revocations.clone();
+            if revocations.is_none_or(|list| list.status().1.is_some()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The live snapshot, for readers outside the request path.
     pub(crate) fn state(&self) -> &SharedState {
         &self.state

@@ -49,6 +49,9 @@ pub struct Answer {
 
 /// Where explained requests come from, for the forwarding headers.
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// How long `explain` waits for a Redis revocation list's first read (one
+/// connect and a SCAN, each bounded at 5 s on the sync side).
+const REVOCATION_SYNC_WAIT: Duration = Duration::from_secs(6);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
@@ -73,6 +76,8 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Exp
         });
         let wait = wait.max().unwrap_or_default() + Duration::from_secs(1);
         let _ = tokio::time::timeout(wait, control.first_fetches()).await;
+        // a Redis revocation list is empty (and stale) until its first sync
+        let _ = tokio::time::timeout(REVOCATION_SYNC_WAIT, control.first_revocation_sync()).await;
         state
     };
     let snapshot = state.load_full();

@@ -145,6 +145,18 @@ async fn a_jti_revoked_on_one_gateway_is_refused_by_the_other_within_a_second() 
     let key: String = redis.query(redis::cmd("GET").arg("test:jti:stolen")).await;
     assert_eq!(key, exp.to_string(), "the documented key format");
     assert_eq!(status(&b, &a.token(json!({"jti": "other"}))).await, 200);
+    // `explain` reads the same list before it answers
+    let config = b.config_path.display().to_string();
+    let url = b.url("/orders");
+    let explain = |token: String| {
+        let args = ["explain", "--config", &config, "GET", &url, "--token", &token].map(str::to_owned);
+        async move { Command::new(env!("CARGO_BIN_EXE_portcullis")).args(args).output().await.unwrap() }
+    };
+    let output = explain(token).await;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("the token has been revoked"), "{text}");
+    assert_eq!(explain(a.token(json!({"jti": "other"}))).await.status.code(), Some(0));
 }
 
 #[tokio::test]
