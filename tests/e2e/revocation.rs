@@ -10,7 +10,7 @@ use http::Method;
 use portcullis::dev::now;
 use serde_json::{Value, json};
 
-use crate::support::{Options, Stack, admin_get, admin_post, eventually, metric};
+use crate::support::{Options, ROUTES, Stack, admin_get, admin_post, eventually, metric};
 
 const WITHIN: Duration = Duration::from_secs(10);
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -224,4 +224,24 @@ async fn the_cli_writes_to_the_list_a_running_gateway_reads() {
     let refused =
         eventually(WITHIN, || async { status(&stack, &stack.token(json!({"iat": now() - 5}))).await == 401 }).await;
     assert!(refused, "a sub cut-off from the CLI was not applied");
+}
+
+#[tokio::test]
+async fn a_reload_that_adds_a_list_checks_tokens_cached_before_it() {
+    let watch = "watch_interval = \"100ms\"";
+    let stack = Stack::with(Options { server: watch.into(), ..Options::default() }).await;
+    let exp = now() + 3600;
+    let token = stack.token(json!({"jti": "j1", "exp": exp}));
+    assert_eq!(status(&stack, &token).await, 200);
+    assert_eq!(status(&stack, &token).await, 200, "now cached, without the claims a list needs");
+    let dir = tempfile::tempdir().unwrap();
+    let mut with_list = options(dir.path(), Some(&format!("[[revoked]]\njti = \"j1\"\nexp = {exp}\n")), "");
+    // the provider and the claims routes read stay as they were, so the
+    // cached verification still stands: only the list is new
+    with_list.provider = String::new();
+    with_list.routes = ROUTES.replace("name = \"orders\"\n", "name = \"orders\"\nrevocation = true\n");
+    stack.write_config(&stack.render(&Options { server: watch.into(), ..with_list }));
+    let refused = eventually(WITHIN, || async { status(&stack, &token).await == 401 }).await;
+    assert!(refused, "a token cached before the list existed was never checked against it");
+    assert_eq!(status(&stack, &stack.token(json!({"jti": "j2"}))).await, 200);
 }
