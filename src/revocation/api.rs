@@ -57,6 +57,9 @@ pub(crate) async fn answer(snapshot: &Snapshot, request: Request<Incoming>) -> R
             Ok(revoked) => revoked,
             Err(detail) => return bad(detail),
         };
+    if !revoked.matters(&list.config) {
+        return bad("the entry has already expired: every token it names is refused as expired".into());
+    }
     match list.write(&revoked).await {
         Ok(()) => {
             // what was revoked, not whom: a sub is personal data (see log.include_sub)

@@ -3,7 +3,8 @@
 //!
 //! A file that cannot be read or parsed keeps the last good copy (logged
 //! once per new content) and the copy ages until the file is good again. A
-//! missing file is an empty list: nothing has been revoked yet. Writes read,
+//! file that was never there is an empty list (nothing has been revoked
+//! yet); one that was there and is gone is a failed read. Writes read,
 //! change and rewrite the file in one rename, dropping what has expired.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -25,7 +26,6 @@ struct ListFile {
 /// A file read and understood.
 pub(super) struct Read {
     pub(super) entries: Vec<Revoked>,
-    fingerprint: u64,
 }
 
 /// Reads the list at `path`; a missing file is an empty list.
@@ -35,8 +35,7 @@ pub(super) fn read(path: &Path) -> Result<Read, String> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(error) => return Err(format!("{}: {error}", path.display())),
     };
-    let entries = parse(path, &bytes)?;
-    Ok(Read { entries, fingerprint: fingerprint(&bytes) })
+    Ok(Read { entries: parse(path, &bytes)? })
 }
 
 fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Revoked>, String> {
@@ -94,16 +93,24 @@ pub(super) fn append(path: &Path, revoked: &Revoked, config: &RevocationConfig) 
 /// Re-reads the file whenever its content changes; a good read, changed or
 /// not, keeps the copy fresh.
 pub(super) async fn watch(revocations: &Revocations, path: &Path) {
-    let mut seen: Option<u64> = read(path).ok().map(|read| read.fingerprint);
+    // read once more at the first tick: a write between the start's read
+    // and this one must not be marked seen without being parsed
+    let mut seen: Option<u64> = None;
     let mut failed: Option<u64> = None;
+    // once the file has been there, its vanishing (a volume unmounted, a
+    // path changed) is a failed read, not "nothing is revoked"
+    let mut existed = path.exists();
     let mut tick = tokio::time::interval(revocations.config.resync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
         let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Ok(bytes) => {
+                existed = true;
+                bytes
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !existed => Vec::new(),
             Err(error) => {
                 tracing::warn!(file = %path.display(), %error, "revocation list unreadable; keeping the last good copy");
                 continue;

@@ -108,12 +108,19 @@ impl Revoked {
         }
     }
 
+    /// Whether some token could still be refused because of it.
+    pub(crate) fn matters(&self, config: &RevocationConfig) -> bool {
+        self.until(config) >= epoch_seconds()
+    }
+
     /// When the entry stops mattering (every token it denies has expired),
     /// in seconds since the epoch.
     fn until(&self, config: &RevocationConfig) -> u64 {
         match self {
             Revoked::Jti { exp, .. } | Revoked::Sid { exp, .. } => exp.saturating_add(config.expiry_grace.as_secs()),
-            Revoked::Sub { before, .. } => before.saturating_add(config.max_token_lifetime.as_secs()),
+            Revoked::Sub { before, .. } => {
+                before.saturating_add(config.max_token_lifetime.as_secs()).saturating_add(config.expiry_grace.as_secs())
+            }
         }
     }
 }
@@ -151,22 +158,23 @@ pub(crate) struct Denylist {
 }
 
 impl Denylist {
-    /// Adds `revoked` unless it no longer matters at `now`; for a `sub`,
-    /// the latest cut-off wins.
+    /// Adds `revoked` unless it no longer matters at `now`. Entries only
+    /// grow: a later write can extend an entry or move a `sub` cut-off
+    /// later, never shorten or move it back (a retried or reordered write
+    /// must not un-revoke anything).
     fn insert(&mut self, revoked: &Revoked, config: &RevocationConfig, now: u64) {
         let until = revoked.until(config);
         if until < now {
             return;
         }
+        let extend = |held: &mut u64| *held = (*held).max(until);
         match revoked {
-            Revoked::Jti { jti, .. } => {
-                self.jtis.insert(jti.as_str().into(), until);
-            }
-            Revoked::Sid { sid, .. } => {
-                self.sids.insert(sid.as_str().into(), until);
-            }
+            Revoked::Jti { jti, .. } => extend(self.jtis.entry(jti.as_str().into()).or_default()),
+            Revoked::Sid { sid, .. } => extend(self.sids.entry(sid.as_str().into()).or_default()),
             Revoked::Sub { sub, before } => {
-                self.subs.insert(sub.as_str().into(), Cutoff { before: *before, until });
+                let cutoff = self.subs.entry(sub.as_str().into()).or_insert(Cutoff { before: *before, until });
+                cutoff.before = cutoff.before.max(*before);
+                cutoff.until = cutoff.until.max(until);
             }
         }
     }
@@ -297,6 +305,17 @@ impl Revocations {
     /// The backend was read in full and nothing changed.
     fn synced(&self) {
         self.synced_at.store(epoch_millis(), Ordering::Relaxed);
+    }
+
+    /// A complete read of a shared backend (Redis): its entries join the
+    /// copy, which is then fresh. Entries the backend no longer holds are
+    /// kept until they stop mattering: a store that lost keys (a restart
+    /// without persistence, eviction, a failover) must not un-revoke
+    /// tokens on every replica.
+    fn merge(&self, entries: &[Revoked]) {
+        self.add(entries);
+        self.prune();
+        self.synced();
     }
 
     /// Adds entries that arrived one by one (this gateway's own writes, the
@@ -442,7 +461,7 @@ mod tests {
         let entries = [
             Revoked::Jti { jti: "old".into(), exp: now - 31 },
             Revoked::Jti { jti: "in_grace".into(), exp: now - 29 },
-            Revoked::Sub { sub: "old".into(), before: now - 3601 },
+            Revoked::Sub { sub: "old".into(), before: now - 3631 },
         ];
         let mut list = Denylist::from_entries(&entries, &config());
         assert_eq!(list.len(), 1);
@@ -450,6 +469,29 @@ mod tests {
         assert!(list.has_expired(now + 2));
         list.prune(now + 2);
         assert_eq!(list.len(), 0);
+    }
+
+    #[test]
+    fn entries_only_grow_and_a_full_read_never_forgets() {
+        let now = epoch_seconds();
+        let redis = RevocationConfig {
+            backend: RevocationBackend::Redis { url: "redis://127.0.0.1:1".into(), key_prefix: "p:".into() },
+            ..config()
+        };
+        let list = Revocations::new(&redis).unwrap();
+        list.merge(&[
+            Revoked::Sub { sub: "alice".into(), before: now },
+            Revoked::Jti { jti: "j".into(), exp: now + 60 },
+        ]);
+        // a late or retried write with an older cut-off does not move it back
+        list.add(&[Revoked::Sub { sub: "alice".into(), before: now - 600 }]);
+        assert!(list.check(&subject(json!({"sub": "alice", "iat": now - 1}))).is_err());
+        // a store that lost its keys does not un-revoke them
+        list.merge(&[]);
+        assert!(list.check(&subject(json!({"sub": "alice", "iat": now - 1}))).is_err());
+        assert!(list.check(&subject(json!({"jti": "j"}))).is_err());
+        assert!(list.check(&subject(json!({"sub": "alice", "iat": now}))).is_ok());
+        assert!(Revoked::Sub { sub: "old".into(), before: now - 3629 }.matters(&redis), "a leeway past the lifetime");
     }
 
     #[test]

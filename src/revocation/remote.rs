@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use redis::aio::MultiplexedConnection;
 
-use super::{Denylist, EntryFields, Revocations, Revoked, epoch_seconds};
+use super::{EntryFields, Revocations, Revoked, epoch_seconds};
 use crate::config::RevocationConfig;
 
 /// Any one Redis operation (connect, command, a SCAN page) takes at most this.
@@ -27,6 +27,12 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// Keys per SCAN page and per MGET.
 const BATCH: usize = 1000;
+
+/// Sets a key unless it already holds a later time: a retried or reordered
+/// write never moves a `sub` cut-off back or shortens an entry.
+const SET_IF_LATER: &str = "local held = tonumber(redis.call('GET', KEYS[1])) \
+    if held and held >= tonumber(ARGV[1]) then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1";
 
 fn channel(prefix: &str) -> String {
     format!("{prefix}revocations")
@@ -44,14 +50,23 @@ fn key_of(prefix: &str, revoked: &Revoked, config: &RevocationConfig) -> Option<
     Some((key, value, ttl))
 }
 
-/// The entry a key and its value stand for.
-fn entry_of(prefix: &str, key: &str, value: u64) -> Option<Revoked> {
+/// The entry a key and its value stand for. A key's presence revokes: an
+/// issuer that wrote something other than a time (`SET p:jti:X 1 EX 3600`,
+/// a common denylist habit) or a time already past still means "revoked",
+/// for the longest a token lives (a `sub`: everything issued until now).
+fn entry_of(prefix: &str, key: &str, value: &str, config: &RevocationConfig) -> Option<Revoked> {
     let (kind, id) = key.strip_prefix(prefix)?.split_once(':')?;
     let id = id.to_owned();
+    let now = epoch_seconds();
+    let value = value.trim().parse::<u64>().ok();
+    let exp = || {
+        let grace = config.expiry_grace.as_secs();
+        value.filter(|exp| exp.saturating_add(grace) >= now).unwrap_or(now + config.max_token_lifetime.as_secs())
+    };
     match kind {
-        "jti" => Some(Revoked::Jti { jti: id, exp: value }),
-        "sid" => Some(Revoked::Sid { sid: id, exp: value }),
-        "sub" => Some(Revoked::Sub { sub: id, before: value }),
+        "jti" => Some(Revoked::Jti { jti: id, exp: exp() }),
+        "sid" => Some(Revoked::Sid { sid: id, exp: exp() }),
+        "sub" => Some(Revoked::Sub { sub: id, before: value.unwrap_or(now) }),
         _ => None,
     }
 }
@@ -64,7 +79,8 @@ async fn timed<T>(what: &str, operation: impl Future<Output = redis::RedisResult
     }
 }
 
-/// Sets the entry's key and announces it, in one transaction.
+/// Sets the entry's key (unless it holds a later time) and announces it,
+/// in one transaction.
 pub(super) async fn write(url: &str, prefix: &str, revoked: &Revoked, config: &RevocationConfig) -> Result<(), String> {
     let Some((key, value, ttl)) = key_of(prefix, revoked, config) else {
         return Ok(());
@@ -73,7 +89,7 @@ pub(super) async fn write(url: &str, prefix: &str, revoked: &Revoked, config: &R
     let client = redis::Client::open(url).map_err(|e| format!("redis: {e}"))?;
     let mut connection = timed("connect", client.get_multiplexed_async_connection()).await?;
     let mut pipe = redis::pipe();
-    pipe.atomic().cmd("SET").arg(&key).arg(value).arg("EX").arg(ttl).ignore();
+    pipe.atomic().cmd("EVAL").arg(SET_IF_LATER).arg(1).arg(&key).arg(value).arg(ttl).ignore();
     pipe.cmd("PUBLISH").arg(channel(prefix)).arg(message).ignore();
     timed("write", pipe.query_async::<()>(&mut connection)).await
 }
@@ -156,10 +172,11 @@ async fn resync(revocations: &Revocations, connection: &mut MultiplexedConnectio
             let values: Vec<Option<String>> =
                 timed("mget", redis::cmd("MGET").arg(&keys).query_async(connection)).await?;
             for (key, value) in keys.iter().zip(values) {
-                let entry = value.and_then(|v| v.trim().parse().ok()).and_then(|value| entry_of(prefix, key, value));
-                match entry {
+                // nil: the key expired between SCAN and MGET
+                let Some(value) = value else { continue };
+                match entry_of(prefix, key, &value, &revocations.config) {
                     Some(entry) => entries.push(entry),
-                    None => tracing::debug!(key, "revocation list: a key under the prefix was not understood"),
+                    None => tracing::warn!(key, "revocation list: a key under the prefix was not understood"),
                 }
             }
         }
@@ -168,7 +185,7 @@ async fn resync(revocations: &Revocations, connection: &mut MultiplexedConnectio
         }
         cursor = next;
     }
-    revocations.replace(Denylist::from_entries(&entries, &revocations.config));
+    revocations.merge(&entries);
     Ok(())
 }
 
@@ -194,12 +211,20 @@ mod tests {
         let (key, value, ttl) = key_of("p:", &jti, &config).unwrap();
         assert_eq!((key.as_str(), value), ("p:jti:a:b", now + 70));
         assert!((99..=100).contains(&ttl), "{ttl}");
-        assert_eq!(entry_of("p:", &key, value), Some(jti));
+        assert_eq!(entry_of("p:", &key, &value.to_string(), &config), Some(jti));
         let sub = Revoked::Sub { sub: "alice".into(), before: now };
         let (key, _, ttl) = key_of("p:", &sub, &config).unwrap();
-        assert_eq!((key.as_str(), ttl), ("p:sub:alice", 3600));
+        assert_eq!((key.as_str(), ttl), ("p:sub:alice", 3630));
         assert_eq!(key_of("p:", &Revoked::Sid { sid: "s".into(), exp: now - 31 }, &config), None);
-        assert_eq!(entry_of("p:", "p:other:x", 1), None);
-        assert_eq!(entry_of("p:", "q:jti:x", 1), None);
+        assert_eq!(entry_of("p:", "p:other:x", "1", &config), None);
+        assert_eq!(entry_of("p:", "q:jti:x", "1", &config), None);
+        // a key written with another value, or a past time, still revokes
+        let lifetime = now + 3600;
+        for value in ["1", "yes", "", "1.5"] {
+            let entry = entry_of("p:", "p:jti:x", value, &config);
+            assert!(matches!(entry, Some(Revoked::Jti { exp, .. }) if exp >= lifetime), "{value:?}: {entry:?}");
+        }
+        let entry = entry_of("p:", "p:sub:bob", "soon", &config);
+        assert!(matches!(entry, Some(Revoked::Sub { before, .. }) if before >= now), "{entry:?}");
     }
 }
