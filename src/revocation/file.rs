@@ -53,7 +53,13 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Revoked>, String> {
     file.revoked
         .into_iter()
         .enumerate()
-        .map(|(i, fields)| Revoked::try_from(fields).map_err(|e| at(format!("revoked[{i}]: {e}"))))
+        .map(|(i, fields)| {
+            // "now" read from a file would be a new cut-off at every read
+            if fields.sub.is_some() && fields.before.is_none() {
+                return Err(at(format!("revoked[{i}]: a sub cut-off needs before (seconds since the epoch)")));
+            }
+            Revoked::try_from(fields).map_err(|e| at(format!("revoked[{i}]: {e}")))
+        })
         .collect()
 }
 
@@ -164,6 +170,9 @@ mod tests {
     fn a_bad_file_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("list.toml");
+        std::fs::write(&path, "[[revoked]]\nsub = \"alice\"\n").unwrap();
+        let error = read(&path).err().unwrap();
+        assert!(error.contains("revoked[0]") && error.contains("before"), "{error}");
         std::fs::write(&path, "[[revoked]]\njti = \"a\"\n").unwrap();
         let error = read(&path).err().unwrap();
         assert!(error.contains("revoked[0]") && error.contains("exp"), "{error}");

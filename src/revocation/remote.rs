@@ -9,7 +9,8 @@
 //! Each gateway subscribes, then reads every key (SCAN) into its local
 //! copy, applies the channel's messages as they come, and reads everything
 //! again every `resync_interval` (which also catches keys written without a
-//! message, and keys gone). A lost connection is retried with backoff, and
+//! message). A read only adds: a key Redis lost is not forgotten before its
+//! entry stops mattering. A lost connection is retried with backoff, and
 //! every reconnection reads everything again. Nothing here is on the request
 //! path.
 
@@ -157,7 +158,7 @@ fn parse_message(payload: &[u8]) -> Option<Revoked> {
     parsed.map_err(|error| tracing::warn!(%error, "revocation list: a channel message was ignored")).ok()
 }
 
-/// Reads every entry under `prefix` and makes the local copy exactly that.
+/// Reads every entry under `prefix` into the local copy (see `merge`).
 async fn resync(revocations: &Revocations, connection: &mut MultiplexedConnection, prefix: &str) -> Result<(), String> {
     let pattern = format!("{prefix}*");
     let mut cursor = 0u64;
@@ -165,18 +166,21 @@ async fn resync(revocations: &Revocations, connection: &mut MultiplexedConnectio
     loop {
         let mut scan = redis::cmd("SCAN");
         scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(BATCH);
-        let (next, keys): (u64, Vec<String>) = timed("scan", scan.query_async(connection)).await?;
-        let keys: Vec<String> = keys.into_iter().filter(|key| *key != channel(prefix)).collect();
+        // bytes, not strings: one key or value that is not UTF-8 is skipped,
+        // never the whole read (which would leave the copy to go stale)
+        let (next, keys): (u64, Vec<Vec<u8>>) = timed("scan", scan.query_async(connection)).await?;
+        let keys: Vec<Vec<u8>> = keys.into_iter().filter(|key| *key != channel(prefix).as_bytes()).collect();
         if !keys.is_empty() {
-            // a key that expired between SCAN and MGET reads as nil
-            let values: Vec<Option<String>> =
+            let values: Vec<Option<Vec<u8>>> =
                 timed("mget", redis::cmd("MGET").arg(&keys).query_async(connection)).await?;
             for (key, value) in keys.iter().zip(values) {
                 // nil: the key expired between SCAN and MGET
                 let Some(value) = value else { continue };
-                match entry_of(prefix, key, &value, &revocations.config) {
+                let key = String::from_utf8_lossy(key);
+                let value = String::from_utf8_lossy(&value);
+                match entry_of(prefix, &key, &value, &revocations.config) {
                     Some(entry) => entries.push(entry),
-                    None => tracing::warn!(key, "revocation list: a key under the prefix was not understood"),
+                    None => tracing::warn!(%key, "revocation list: a key under the prefix was not understood"),
                 }
             }
         }
