@@ -75,7 +75,8 @@ pub struct RevocationConfig {
     /// lifetime of a token it must deny.
     pub max_token_lifetime: Duration,
     /// How long a `jti` or `sid` entry is kept past the token's `exp`: the
-    /// largest `leeway` of any provider, which accepts a token that long.
+    /// largest `leeway` a provider may have (a provider accepts a token
+    /// that long past its `exp`, and leeways can be raised by a reload).
     pub expiry_grace: Duration,
 }
 

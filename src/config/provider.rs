@@ -12,7 +12,7 @@ use super::validate::{DAY, YEAR, non_empty, within};
 use super::*;
 use crate::token::media_type;
 
-const MAX_LEEWAY: Duration = Duration::from_secs(300);
+pub(super) const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 pub(super) fn provider(i: usize, file: ProviderFile) -> Result<ProviderConfig, Invalid> {
     let key = |name: &str| format!("providers[{i}].{name}");

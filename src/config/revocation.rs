@@ -12,7 +12,7 @@ pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
-pub(super) fn revocation(file: RevocationFile, providers: &[ProviderConfig]) -> Result<RevocationConfig, Invalid> {
+pub(super) fn revocation(file: RevocationFile) -> Result<RevocationConfig, Invalid> {
     let key = |name: &str| format!("revocation.{name}");
     let backend = match file.backend {
         RevocationBackendName::File => {
@@ -69,7 +69,10 @@ pub(super) fn revocation(file: RevocationFile, providers: &[ProviderConfig]) -> 
         max_staleness,
         fail_mode: file.fail_mode.unwrap_or(FailMode::Closed),
         max_token_lifetime,
-        expiry_grace: providers.iter().map(|p| p.leeway).max().unwrap_or(DEFAULT_LEEWAY),
+        // the largest leeway any provider may have, not the largest one has
+        // now: raising a leeway later must not let a revoked token through
+        // in the gap between its old and new grace
+        expiry_grace: super::provider::MAX_LEEWAY,
     })
 }
 

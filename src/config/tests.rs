@@ -336,7 +336,7 @@ fn revocation_defaults() {
             max_staleness: Duration::from_secs(30),
             fail_mode: FailMode::Closed,
             max_token_lifetime: Duration::from_secs(24 * 3600),
-            expiry_grace: Duration::from_secs(45),
+            expiry_grace: Duration::from_secs(300),
         }
     );
 }

@@ -30,7 +30,7 @@ pub(super) fn config(file: ConfigFile, origin: &str, lines: Arc<KeyLines>) -> Re
     }
     check_reachable(&routes)?;
     let revocation = match file.revocation {
-        Some(table) => Some(super::revocation::revocation(table, &providers)?),
+        Some(table) => Some(super::revocation::revocation(table)?),
         None => None,
     };
     if revocation.is_none() {

@@ -136,7 +136,14 @@ pub(crate) struct Subject {
 
 impl Subject {
     pub(crate) fn of(claims: &Map<String, Value>) -> Subject {
-        let text = |name| claims.get(name).and_then(Value::as_str).map(Box::from);
+        // a number (some issuers' `sid`) is matched by its JSON text, as an
+        // entry naming it would write it; never silently unmatched
+        let text = |name| {
+            claims.get(name).map(|value| match value {
+                Value::String(text) => Box::from(text.as_str()),
+                other => Box::from(other.to_string()),
+            })
+        };
         Subject { jti: text("jti"), sub: text("sub"), sid: text("sid"), iat: claims.get("iat").and_then(Value::as_f64) }
     }
 }
@@ -449,6 +456,8 @@ mod tests {
         let list = Denylist::from_entries(&entries, &config());
         assert!(list.denies(&subject(json!({"jti": "j1", "sub": "bob"}))));
         assert!(list.denies(&subject(json!({"sid": "s1"}))));
+        let numeric = Denylist::from_entries(&[Revoked::Sid { sid: "42".into(), exp: now + 60 }], &config());
+        assert!(numeric.denies(&subject(json!({"sid": 42}))), "a numeric sid is matched by its text");
         assert!(list.denies(&subject(json!({"sub": "alice", "iat": now - 1}))));
         assert!(list.denies(&subject(json!({"sub": "alice"}))), "no iat under a cut-off");
         assert!(!list.denies(&subject(json!({"sub": "alice", "iat": now}))));
