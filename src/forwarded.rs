@@ -93,14 +93,7 @@ pub(crate) fn is_forwarding(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
-        }
-        headers
-    }
+    use crate::headers::tests::map;
 
     fn forward(headers: &mut HeaderMap, peer: &str, trusted: &[&str]) {
         let trusted: Vec<IpNet> = trusted.iter().map(|n| n.parse().unwrap()).collect();

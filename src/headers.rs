@@ -174,11 +174,12 @@ pub(crate) fn restore_websocket_upgrade(headers: &mut HeaderMap) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map from name/value pairs, repeats kept.
+    pub(crate) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in pairs {
             headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());

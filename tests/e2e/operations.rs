@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Version};
-use http_body_util::channel::Channel;
+use http::{Method, Request};
 use portcullis::dev::{IdentityProvider, SigningKey};
 use serde_json::{Value, json};
 
@@ -98,18 +96,10 @@ async fn a_provider_only_report_mode_routes_use_does_not_decide_readiness() {
 #[tokio::test]
 async fn readiness_ends_when_shutdown_begins() {
     let stack = Stack::with(with_admin(Options::default())).await;
-    let token = stack.token(json!({}));
+    let _token = stack.token(json!({}));
     assert!(eventually(WITHIN, || async { readyz(&stack).await.0 == 200 }).await);
     // a request in flight keeps the gateway draining
-    let client = support::client::<Channel<Bytes>>(&stack.cert, Version::HTTP_11);
-    let (mut body, request_body) = Channel::<Bytes>::new(1);
-    let request = Request::post(stack.url("/orders"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(request_body)
-        .unwrap();
-    let response = tokio::spawn(client.request(request));
-    body.send_data(Bytes::from_static(b"x")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (body, response) = support::request_in_flight(&stack, "/orders").await;
     stack.stop.cancel();
     let (status, body_json) = readyz(&stack).await;
     assert_eq!((status, body_json["reason"].as_str()), (503, Some("shutting down")));

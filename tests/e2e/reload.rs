@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Version};
-use http_body_util::channel::Channel;
+use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use portcullis::dev::{IdentityProvider, SigningKey, now};
@@ -172,14 +171,7 @@ fn other_audience() -> String {
 async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
     let stack = Stack::with(watched(ROUTES)).await;
     let token = stack.token(json!({}));
-    let client = support::client::<Channel<Bytes>>(&stack.cert, Version::HTTP_11);
-    let (mut body, request_body) = Channel::<Bytes>::new(1);
-    let request = Request::post(stack.url("/orders/slow"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(request_body)
-        .unwrap();
-    let response = tokio::spawn(client.request(request));
-    body.send_data(Bytes::from_static(b"first")).await.unwrap();
+    let (mut body, response) = support::request_in_flight(&stack, "/orders/slow").await;
 
     stack.write_config(&stack.render(&watched(&public_route("only", "/public"))));
     assert!(eventually(WITHIN, || async { stack.get_with_token("/orders", &token).await.status == 404 }).await);
@@ -254,17 +246,8 @@ async fn connect(
     addr: std::net::SocketAddr,
     roots: &[&str],
 ) -> (hyper::client::conn::http1::SendRequest<Empty<Bytes>>, Vec<u8>) {
-    let mut store = rustls::RootCertStore::empty();
-    for pem in roots {
-        store.add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(support::trusting(roots)));
     let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();

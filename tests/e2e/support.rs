@@ -345,13 +345,41 @@ pub async fn send(client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>, r
 }
 
 fn tls_config(root: &PathBuf) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(root).unwrap()).unwrap();
+    trusting(&[&std::fs::read_to_string(root).unwrap()])
+}
+
+/// A TLS client config trusting only the PEM certificates in `roots`.
+pub fn trusting(roots: &[&str]) -> rustls::ClientConfig {
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        store.add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
+    }
     rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(store)
         .with_no_client_auth()
+}
+
+/// A request in flight: a POST to `path` with a valid token whose body has
+/// begun and is finished (or dropped) by the caller, and its response.
+pub async fn request_in_flight(
+    stack: &Stack,
+    path: &str,
+) -> (
+    http_body_util::channel::Sender<Bytes>,
+    tokio::task::JoinHandle<Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>>,
+) {
+    let client = client::<http_body_util::channel::Channel<Bytes>>(&stack.cert, Version::HTTP_11);
+    let (mut body, request_body) = http_body_util::channel::Channel::<Bytes>::new(1);
+    let token = stack.token(json!({}));
+    let request =
+        Request::post(stack.url(path)).header("authorization", format!("Bearer {token}")).body(request_body).unwrap();
+    let response = tokio::spawn(client.request(request));
+    body.send_data(Bytes::from_static(b"first")).await.unwrap();
+    // the gateway has it once the upstream is being sent to
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (body, response)
 }
 
 /// A TLS handshake over `tcp`, offering HTTP/1.1.

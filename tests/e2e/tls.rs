@@ -34,17 +34,8 @@ fn certificate(dir: &Path, file: &str, names: &[&str]) -> (String, String, Strin
 
 /// A TLS handshake naming `name`, trusting `roots`; true if it succeeds.
 async fn handshake(stack: &Stack, name: &str, roots: &[&str]) -> bool {
-    let mut store = rustls::RootCertStore::empty();
-    for pem in roots {
-        store.add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(support::trusting(roots)));
     connector.connect(ServerName::try_from(name.to_owned()).unwrap(), tcp).await.is_ok()
 }
 
