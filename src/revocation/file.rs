@@ -105,7 +105,9 @@ pub(super) async fn watch(revocations: &Revocations, path: &Path) {
     let mut failed: Option<u64> = None;
     // once the file has been there, its vanishing (a volume unmounted, a
     // path changed) is a failed read, not "nothing is revoked"
-    let mut existed = path.exists();
+    // (entries in the copy came from the file: it was there at start, even
+    // if it is gone by the time this loop first runs)
+    let mut existed = path.exists() || revocations.list.load().len() > 0;
     let mut tick = tokio::time::interval(revocations.config.resync_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -245,3 +245,30 @@ async fn a_reload_that_adds_a_list_checks_tokens_cached_before_it() {
     assert!(refused, "a token cached before the list existed was never checked against it");
     assert_eq!(status(&stack, &stack.token(json!({"jti": "j2"}))).await, 200);
 }
+
+#[tokio::test]
+async fn a_list_file_that_vanishes_is_a_failed_read_not_an_empty_list() {
+    let exp = now() + 3600;
+    let good = format!("[[revoked]]\njti = \"j1\"\nexp = {exp}\n");
+    let (stack, dir) = stack(Some(&good), "max_staleness = \"1500ms\"", None).await;
+    let revoked = stack.token(json!({"jti": "j1", "exp": exp}));
+    let fine = stack.token(json!({"jti": "j2"}));
+    std::fs::remove_file(list_path(&dir)).unwrap();
+    for _ in 0..5 {
+        assert_eq!(status(&stack, &revoked).await, 401, "a vanished file un-revoked a token");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unavailable = eventually(WITHIN, || async { status(&stack, &fine).await == 503 }).await;
+    assert!(unavailable, "a vanished file kept the list fresh in closed mode");
+    assert_eq!(status(&stack, &revoked).await, 401);
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_an_entry_that_has_already_expired() {
+    let (stack, dir) = stack(None, "", Some("s3cret")).await;
+    let past = json!({"jti": "gone", "exp": now() - 3600}).to_string();
+    let (code, body) = post(&stack, Some("Bearer s3cret"), &past).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("already expired"), "{body}");
+    assert!(!list_path(&dir).exists(), "nothing was written");
+}

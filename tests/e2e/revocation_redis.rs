@@ -273,3 +273,20 @@ async fn keys_revoke_by_their_presence_and_a_store_that_loses_them_unrevokes_not
     }
     assert_eq!(status(&b, &a.token(json!({}))).await, 200);
 }
+
+#[tokio::test]
+async fn a_late_write_never_moves_a_cutoff_back() {
+    let redis = RedisServer::start().await;
+    let (a, b) = pair(&redis).await;
+    let later = now() - 1;
+    assert_eq!(revoke(&a, json!({"sub": "alice", "before": later})).await.0, 200);
+    // a retried or reordered write of an older logout
+    assert_eq!(revoke(&b, json!({"sub": "alice", "before": later - 600})).await.0, 200);
+    let held: u64 = redis.query(redis::cmd("GET").arg("test:sub:alice")).await;
+    assert_eq!(held, later, "Redis kept the later cut-off");
+    let between = a.token(json!({"iat": later - 300}));
+    for gateway in [&a, &b] {
+        let refused = eventually(WITHIN, || async { status(gateway, &between).await == 401 }).await;
+        assert!(refused, "a token issued between the two cut-offs was accepted");
+    }
+}
